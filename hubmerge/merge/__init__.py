@@ -1,0 +1,1 @@
+"""Planning, merge methods and the streaming executor."""

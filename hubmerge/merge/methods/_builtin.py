@@ -1,0 +1,1 @@
+"""Imports every method family so each registers itself. Add new families here."""

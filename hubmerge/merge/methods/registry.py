@@ -1,0 +1,113 @@
+"""The one place merge methods are registered.
+
+A merge method is a pure function on tensors plus a declaration of its inputs and parameters. The
+executor resolves parameters (scalars, gradients, filters) per output tensor and calls the function as
+
+    func(base, others, **params)                 # deterministic methods
+    func(base, others, generator=g, **params)    # methods with ``random=True``
+
+- ``base``: the base model's tensor, or ``None`` when the method ignores the base or none is given.
+- ``others``: the remaining input tensors, in spec order (for ``base="ignored"`` methods the base
+  model, when it is an input, is one of them: last if it was added implicitly, as mergekit does).
+- per-model parameters (scope ``"model"``) arrive as lists aligned with ``others``; shared ones as scalars.
+- all tensors share one dtype and device (the executor casts them first); the result has the same
+  shape. Methods may compute in a wider dtype but must return the dtype mergekit returns.
+- ``generator`` is a ``torch.Generator`` seeded from (seed, output tensor name), so random results do not
+  depend on execution order, threads or how the work is split.
+
+No I/O, no config objects, no global state in a method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+REQUIRED: Any = object()
+
+ParamScope = Literal["shared", "model"]
+BasePolicy = Literal["required", "optional", "ignored"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter a method takes from the spec."""
+
+    name: str
+    type: type  # float, int, bool or str
+    scope: ParamScope = "shared"
+    default: Any = REQUIRED
+    # The keyword the function receives (``lambda`` is a Python keyword, per-model lists are plural).
+    kwarg: str | None = None
+    # Per-model parameters: does the base model get one too (mergekit's INPUT vs NON_BASE scope)?
+    includes_base: bool = False
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def keyword(self) -> str:
+        return self.kwarg or self.name
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: the function, its contract and its documentation."""
+
+    name: str
+    func: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    base: BasePolicy = "ignored"
+    min_inputs: int = 1  # counting the base when it is an input
+    max_inputs: int | None = None
+    random: bool = False
+    summary: str = ""
+    paper: str = ""  # URL
+    # Extra validation of resolved scalar parameters, before any tensor is read: raises ValueError.
+    check: Callable[[dict[str, Any]], None] | None = None
+    aliases: tuple[str, ...] = field(default=())
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+_REGISTRY: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    if method.name in _REGISTRY:
+        raise ValueError(f"merge method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> MergeMethod:
+    """Look a method up by name; raises KeyError (callers turn it into a SpecError with a hint)."""
+    _load_builtin_methods()
+    return _REGISTRY[name]
+
+
+def all_methods() -> dict[str, MergeMethod]:
+    _load_builtin_methods()
+    return dict(_REGISTRY)
+
+
+_loaded = False
+
+
+def _load_builtin_methods() -> None:
+    # Importing the family modules registers their methods; done lazily to keep imports cheap.
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from hubmerge.merge.methods import _builtin  # noqa: F401
