@@ -1,0 +1,70 @@
+"""The command line: argument parsing and error printing, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from hubmerge import __version__
+from hubmerge.errors import HubmergeError
+
+logger = logging.getLogger("hubmerge")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hubmerge", description="Hub-native streaming model merging")
+    parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("merge", help="merge the models of a spec into a local folder")
+    m.add_argument("spec", help="spec file (mergekit-compatible YAML)")
+    m.add_argument("-o", "--output", required=True, help="output folder")
+    m.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    m.add_argument("--max-shard-size", default=None, help="bytes per output shard, e.g. 5GB, 500MB (default 5GB)")
+    m.add_argument("--resume", action="store_true", help="reuse fully written shards of an interrupted run")
+    m.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    _add_common(m)
+
+    v = sub.add_parser("validate", help="check a spec against its inputs' headers and print the plan")
+    v.add_argument("spec")
+    v.add_argument("--max-shard-size", default=None)
+    v.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_common(v)
+
+    d = sub.add_parser("demo", help="build tiny models and merge them, offline")
+    d.add_argument("-o", "--output", default="hubmerge-demo", help="demo folder (default: ./hubmerge-demo)")
+    _add_common(d)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if not args.debug:
+        for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from hubmerge import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except HubmergeError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

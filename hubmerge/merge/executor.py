@@ -1,0 +1,147 @@
+"""The streaming executor: one output tensor at a time, reads prefetched in background threads, shard
+writes in a background thread, the math on the chosen device in between.
+
+Memory stays bounded by the prefetch budget (a few tensors per input) plus the tensor being written,
+whatever the model size.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from hubmerge.errors import HubmergeError, MergeError
+from hubmerge.merge.plan import MergePlan, PlannedTensor
+from hubmerge.sources.safetensors_format import DTYPES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFETCH_BYTES = 512 * 1024 * 1024
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HubmergeError("--device cuda was asked for, but no CUDA device is available",
+                            hint="use --device cpu or --device auto")
+    return torch.device(name)
+
+
+@dataclass
+class _Loaded:
+    base: torch.Tensor | None
+    others: list[torch.Tensor]
+
+
+def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: torch.device) -> torch.Tensor:
+    """Run the method on one tensor's inputs: cast to the compute dtype, merge, cast to the output dtype."""
+    compute = DTYPES[item.compute_dtype]
+
+    def prepare(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=compute, non_blocking=True)
+
+    base = prepare(loaded.base) if loaded.base is not None else None
+    others = [prepare(t) for t in loaded.others]
+    kwargs = dict(item.kwargs)
+    if plan.method.random:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(item.seed)
+        kwargs["generator"] = gen
+    try:
+        with torch.no_grad():
+            result = plan.method.func(base, others, **kwargs)
+    except HubmergeError:
+        raise
+    except Exception as exc:  # a method failing on real data: name the tensor
+        raise MergeError(f"{plan.method.name} failed on tensor '{item.name}': {exc}") from exc
+    out = result.to(dtype=DTYPES[item.dtype])
+    if out.device.type != "cpu":
+        out = out.cpu()
+    if not out.is_contiguous():
+        out = out.contiguous()
+    return out
+
+
+class StreamingExecutor:
+    """Reads ahead (bounded by bytes), merges in order, hands results to ``sink`` on a writer thread."""
+
+    def __init__(self, plan: MergePlan, *, device: str = "cpu", prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+                 read_threads: int = 4, show_progress: bool = True):
+        self.plan = plan
+        self.device = pick_device(device)
+        self.prefetch_bytes = prefetch_bytes
+        self.read_threads = read_threads
+        self.show_progress = show_progress
+
+    def _read(self, item: PlannedTensor) -> _Loaded:
+        models = self.plan.models
+        base = models[item.base.model].reader.read(item.base.info) if item.base is not None else None
+        return _Loaded(base, [models[i.model].reader.read(i.info) for i in item.others])
+
+    def run(self, items: list[PlannedTensor], sink: Callable[[str, torch.Tensor], None]) -> None:
+        if not items:
+            return
+        bar = tqdm(total=sum(i.nbytes for i in items), unit="B", unit_scale=True, desc="Merging",
+                   disable=not self.show_progress)
+        out_q: queue.Queue = queue.Queue(maxsize=2)
+        writer_error: list[BaseException] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            while True:
+                job = out_q.get()
+                if job is None:
+                    return
+                name, tensor = job
+                if writer_error:
+                    continue  # drain so the producer never blocks
+                try:
+                    sink(name, tensor)
+                    bar.update(tensor.numel() * tensor.element_size())
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+                    writer_error.append(exc)
+                    stop.set()
+
+        wthread = threading.Thread(target=writer, name="hubmerge-writer", daemon=True)
+        wthread.start()
+        pending: deque[tuple[PlannedTensor, Future]] = deque()
+        inflight = 0
+        next_index = 0
+        try:
+            with ThreadPoolExecutor(self.read_threads, thread_name_prefix="hubmerge-read") as pool:
+                while next_index < len(items) or pending:
+                    # Keep reads in flight up to the byte budget (always at least the next tensor).
+                    while next_index < len(items):
+                        size = sum(i.info.nbytes for i in items[next_index].inputs)
+                        if pending and inflight + size > self.prefetch_bytes:
+                            break
+                        pending.append((items[next_index], pool.submit(self._read, items[next_index])))
+                        inflight += size
+                        next_index += 1
+                    item, future = pending.popleft()
+                    loaded = future.result()
+                    inflight -= sum(i.info.nbytes for i in item.inputs)
+                    result = merge_tensor(self.plan, item, loaded, self.device)
+                    del loaded
+                    if stop.is_set():
+                        break
+                    out_q.put((item.name, result))
+                    del result
+                if stop.is_set():
+                    for _, f in pending:
+                        f.cancel()
+        finally:
+            out_q.put(None)
+            wthread.join()
+            bar.close()
+        if writer_error:
+            raise writer_error[0]

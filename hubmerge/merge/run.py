@@ -1,0 +1,190 @@
+"""A whole merge, end to end: open the inputs, plan, stream, finalise the folder atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hubmerge import __version__
+from hubmerge.errors import HubmergeError
+from hubmerge.merge.executor import StreamingExecutor
+from hubmerge.merge.plan import MergePlan, build_plan, output_config
+from hubmerge.output.folder import commit_partial, discard_partial, prepare_partial
+from hubmerge.output.shards import (
+    DEFAULT_MAX_SHARD_SIZE,
+    INDEX_NAME,
+    Progress,
+    ShardEntry,
+    ShardWriter,
+    content_hash,
+    file_sha256,
+    index_document,
+    layout_shards,
+)
+from hubmerge.sources.model import ModelSource, open_model
+from hubmerge.spec.model import MergeSpec, ModelRef
+from hubmerge.spec.yamlio import dump_yaml
+
+logger = logging.getLogger(__name__)
+
+# Files carried over from the tokenizer source (the tokenizer and how to generate with it).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
+)
+
+
+@dataclass
+class MergeOptions:
+    device: str = "cpu"
+    max_shard_size: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    base_dir: Path | None = None  # relative model paths are looked up here first
+    show_progress: bool = True
+    prefetch_bytes: int | None = None
+    on_shard: Callable[[Path], None] | None = None  # called with each finished shard (push uploads it)
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    plan: MergePlan
+    content_hash: str
+    shards: list[str]
+    files: list[str] = field(default_factory=list)
+
+
+def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None) -> dict[ModelRef, ModelSource]:
+    sources: dict[ModelRef, ModelSource] = {}
+    try:
+        for ref in spec.referenced_models():
+            sources[ref] = open_model(ref, base_dir=base_dir, hub=hub)
+    except BaseException:
+        for s in sources.values():
+            s.close()
+        raise
+    return sources
+
+
+def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None) -> MergePlan:
+    sources = open_sources(spec, base_dir=base_dir, hub=hub)
+    try:
+        return build_plan(spec, sources)
+    except BaseException:
+        for s in sources.values():
+            s.close()
+        raise
+
+
+def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
+    """Identifies a plan's output exactly: a partial folder is resumable only for the same fingerprint."""
+    h = hashlib.sha256()
+    h.update(f"hubmerge {__version__}\n{plan.method.name}\n{max_shard_size}\n".encode())
+    for m in plan.models:
+        h.update(f"{m.name}@{m.revision}\n".encode())
+        for name in sorted(m.tensors):
+            i = m.tensors[name]
+            h.update(f"{name}:{i.file}:{i.dtype}:{i.shape}:{i.start}:{i.end}\n".encode())
+    for t in plan.tensors:
+        h.update(json.dumps([t.name, t.shape, t.dtype, t.compute_dtype,
+                             [(i.model, i.info.name) for i in t.inputs],
+                             t.base is not None, t.kwargs, t.seed], default=str).encode())
+    return h.hexdigest()
+
+
+def shard_layout(plan: MergePlan, max_shard_size: int):
+    return layout_shards([ShardEntry(t.name, t.dtype, t.shape) for t in plan.tensors], max_shard_size)
+
+
+def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None = None, *, hub: Any = None,
+              card_writer: Callable[[MergePlan, str, Path], None] | None = None) -> MergeResult:
+    options = options or MergeOptions()
+    target = Path(out_dir)
+    max_shard = options.max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
+    plan = plan_spec(spec, base_dir=options.base_dir, hub=hub)
+    try:
+        shards = shard_layout(plan, max_shard)
+        fingerprint = plan_fingerprint(plan, max_shard)
+        partial = prepare_partial(target, resume=options.resume, overwrite=options.overwrite)
+        try:
+            progress = _resumed_progress(partial, fingerprint, shards) if options.resume else None
+            progress = progress or Progress(partial, fingerprint)
+            writer = ShardWriter(partial, shards, progress)
+            if options.on_shard is not None:
+                writer.on_shard_done = options.on_shard
+            done = {e.name for s in shards if writer.shard_done(s) for e in s.entries}
+            todo = [t for t in plan.tensors if t.name not in done]
+            if done:
+                logger.info("resuming: %d of %d tensors already written", len(done), len(plan.tensors))
+            executor = StreamingExecutor(plan, device=options.device, show_progress=options.show_progress,
+                                         **({"prefetch_bytes": options.prefetch_bytes} if options.prefetch_bytes else {}))
+            try:
+                executor.run(todo, writer.write)
+            finally:
+                writer.abort()
+            digest = content_hash({k: bytes.fromhex(v) for k, v in progress.digests.items()})
+            files = _finalize(plan, partial, shards, digest)
+            if card_writer is not None:
+                card_writer(plan, digest, partial)
+                files.append("README.md")
+            (partial / ".hubmerge-progress.json").unlink(missing_ok=True)
+            commit_partial(partial, target)
+        except BaseException:
+            discard_partial(partial, keep_if_resumable=True)
+            raise
+    finally:
+        for m in plan.models:
+            m.close()
+    logger.info("merged %d tensors into %s (%s)", len(plan.tensors), target, digest)
+    return MergeResult(target.resolve(), plan, digest, [s.filename for s in shards], files)
+
+
+def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | None:
+    progress = Progress.load(partial, fingerprint)
+    if progress is None:
+        logger.info("partial output does not match this plan; starting over")
+        for p in partial.iterdir():
+            p.unlink() if p.is_file() else None
+        return None
+    for shard in shards:
+        recorded = progress.shards.get(shard.filename)
+        path = partial / shard.filename
+        if recorded is None:
+            continue
+        if not path.is_file() or file_sha256(path) != recorded:
+            logger.warning("%s is missing or changed; it will be written again", shard.filename)
+            del progress.shards[shard.filename]
+            for e in shard.entries:
+                progress.digests.pop(e.name, None)
+            path.unlink(missing_ok=True)
+    return progress
+
+
+def _finalize(plan: MergePlan, folder: Path, shards, digest: str) -> list[str]:
+    files = [s.filename for s in shards]
+    if len(shards) > 1:
+        doc = index_document(shards, {"hubmerge_version": __version__, "content_hash": digest})
+        (folder / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+        files.append(INDEX_NAME)
+    config = output_config(plan)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    files.append("config.json")
+    tokenizer_source = plan.models[plan.tokenizer_source]
+    for name in TOKENIZER_FILES:
+        data = tokenizer_source.read_file(name)
+        if data is not None:
+            (folder / name).write_bytes(data)
+            files.append(name)
+    (folder / "mergekit_config.yml").write_text(dump_yaml(recipe_document(plan.spec)))
+    files.append("mergekit_config.yml")
+    return files
+
+
+def recipe_document(spec: MergeSpec) -> dict[str, Any]:
+    """The spec as written, minus our ``hubmerge:`` block: a mergekit-compatible recipe."""
+    return {k: v for k, v in spec.raw.items() if k != "hubmerge"}

@@ -1,0 +1,1 @@
+"""Output: streaming sharded safetensors writer, atomic folders, content hash, model card."""

@@ -1,0 +1,205 @@
+"""Streaming sharded safetensors output.
+
+Every output tensor's name, dtype and shape is known from the plan, so each shard's header is written
+first and tensor bytes are streamed behind it: nothing is buffered beyond the tensor being written.
+Shards are written as ``<name>.partial`` and renamed once complete and fsynced, with their SHA-256
+recorded in a progress file, which is what ``--resume`` trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hubmerge.errors import OutputError
+from hubmerge.sources.safetensors_format import ITEM_SIZES, build_header
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "model.safetensors.index.json"
+PROGRESS_NAME = ".hubmerge-progress.json"
+DEFAULT_MAX_SHARD_SIZE = 5_000_000_000
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * ITEM_SIZES[self.dtype]
+
+
+@dataclass
+class Shard:
+    filename: str
+    entries: list[ShardEntry] = field(default_factory=list)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def header(self) -> bytes:
+        return build_header([(e.name, e.dtype, e.shape) for e in self.entries], {"format": "pt"})
+
+
+def layout_shards(entries: list[ShardEntry], max_shard_size: int) -> list[Shard]:
+    """Greedy, in plan order: a shard takes tensors until the next would pass the limit."""
+    shards: list[Shard] = []
+    current = Shard("")
+    for e in entries:
+        if current.entries and current.data_bytes + e.nbytes > max_shard_size:
+            shards.append(current)
+            current = Shard("")
+        current.entries.append(e)
+    if current.entries:
+        shards.append(current)
+    n = len(shards)
+    for i, s in enumerate(shards):
+        s.filename = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+    return shards
+
+
+def weight_map(shards: list[Shard]) -> dict[str, str]:
+    return {e.name: s.filename for s in shards for e in s.entries}
+
+
+def index_document(shards: list[Shard], extra_metadata: dict[str, str] | None = None) -> dict:
+    total = sum(s.data_bytes for s in shards)
+    return {"metadata": {"total_size": total, **(extra_metadata or {})}, "weight_map": weight_map(shards)}
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a contiguous CPU tensor, without copying."""
+    t = tensor.contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data: memoryview | bytes) -> bytes:
+    h = hashlib.sha256()
+    h.update(f"{name}\0{dtype}\0{list(shape)}\0".encode())
+    h.update(data)
+    return h.digest()
+
+
+def content_hash(digests: dict[str, bytes]) -> str:
+    """Hash of all output tensors (names, dtypes, shapes, bytes), independent of the shard layout."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(digests[name])
+    return "sha256:" + h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Progress:
+    """What a partial output folder already holds; written atomically after every finished shard."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.path = folder / PROGRESS_NAME
+        self.fingerprint = fingerprint
+        self.shards: dict[str, str] = {}  # filename -> sha256
+        self.digests: dict[str, str] = {}  # tensor name -> hex digest
+
+    @classmethod
+    def load(cls, folder: Path, fingerprint: str) -> Progress | None:
+        path = folder / PROGRESS_NAME
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if doc.get("fingerprint") != fingerprint:
+            return None
+        p = cls(folder, fingerprint)
+        p.shards = dict(doc.get("shards", {}))
+        p.digests = dict(doc.get("digests", {}))
+        return p
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "shards": self.shards,
+                                   "digests": self.digests}))
+        os.replace(tmp, self.path)
+
+
+class ShardWriter:
+    """Writes tensors, in layout order, into the shard files of ``folder``."""
+
+    def __init__(self, folder: Path, shards: list[Shard], progress: Progress):
+        self.folder = folder
+        self.shards = shards
+        self.progress = progress
+        self._shard_of = {e.name: (i, s) for i, s in enumerate(shards) for e in s.entries}
+        self._file = None
+        self._hash = None
+        self._current: int | None = None
+        self._remaining: list[str] = []
+
+    def shard_done(self, shard: Shard) -> bool:
+        return shard.filename in self.progress.shards
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        index, shard = self._shard_of[name]
+        if self._current != index:
+            self._open(index, shard)
+        if not self._remaining or self._remaining[0] != name:
+            raise OutputError(f"internal error: tensor '{name}' arrived out of order for {shard.filename}")
+        entry = next(e for e in shard.entries if e.name == name)
+        if tuple(tensor.shape) != entry.shape:
+            raise OutputError(f"tensor '{name}': merged shape {list(tensor.shape)} differs from planned {list(entry.shape)}")
+        data = tensor_bytes(tensor)
+        if len(data) != entry.nbytes:
+            raise OutputError(f"tensor '{name}': {len(data)} bytes, planned {entry.nbytes}")
+        self._file.write(data)
+        self._hash.update(data)
+        self.progress.digests[name] = tensor_digest(name, entry.dtype, entry.shape, data).hex()
+        self._remaining.pop(0)
+        if not self._remaining:
+            self._finish(shard)
+
+    def _open(self, index: int, shard: Shard) -> None:
+        if self._file is not None:
+            raise OutputError(f"internal error: {self.shards[self._current].filename} left incomplete")
+        path = self.folder / (shard.filename + ".partial")
+        self._file = open(path, "wb", buffering=1 << 20)
+        header = shard.header()
+        self._file.write(header)
+        self._hash = hashlib.sha256(header)
+        self._current = index
+        self._remaining = [e.name for e in shard.entries]
+
+    def _finish(self, shard: Shard) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        self._current = None
+        os.replace(self.folder / (shard.filename + ".partial"), self.folder / shard.filename)
+        self.progress.shards[shard.filename] = self._hash.hexdigest()
+        self.progress.save()
+        logger.debug("wrote %s", shard.filename)
+        on_done = getattr(self, "on_shard_done", None)
+        if on_done is not None:
+            on_done(self.folder / shard.filename)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,257 @@
+"""Spec text -> typed MergeSpec. Structure is checked by the JSON Schema, meaning by ``validate``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from hubmerge.errors import SpecError
+from hubmerge.spec.model import (
+    Conditional,
+    HubmergeOptions,
+    InputModel,
+    MergeSpec,
+    ModelRef,
+    OutputSlice,
+    Parameters,
+    Setting,
+    SliceSource,
+    TokenizerSpec,
+)
+from hubmerge.spec.schema import validate_against_schema
+from hubmerge.spec.yamlio import load_yaml_documents
+
+
+def load_spec(path: str | Path) -> MergeSpec:
+    """Read a single-stage spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc}") from None
+    return parse_spec(text, source=str(path))
+
+
+def parse_spec(text: str, *, source: str = "spec") -> MergeSpec:
+    docs = load_yaml_documents(text, source=source)
+    if not docs:
+        raise SpecError(f"{source}: the spec is empty", hint="start with 'merge_method: ...'")
+    if len(docs) > 1:
+        raise SpecError(
+            f"{source}: holds {len(docs)} YAML documents; a single merge needs exactly one",
+            hint="split the stages into separate files",
+        )
+    return spec_from_dict(docs[0], source=source)
+
+
+def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec:
+    if not isinstance(document, dict):
+        raise SpecError(f"{source}: the spec must be a mapping of keys, got {type(document).__name__}")
+    validate_against_schema(document, source=source)
+    from hubmerge.spec.validate import check_spec  # late import: validate needs the method registry
+
+    spec = _build(document)
+    check_spec(spec)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from a schema-valid document
+
+_LAYERED_MODULE = "default"
+
+
+def _build(doc: dict[str, Any]) -> MergeSpec:
+    models_doc = doc.get("models")
+    slices_doc = doc.get("slices")
+    module_params: Parameters = {}
+    prefix_models, prefix_slices = "models", "slices"
+    if "modules" in doc:
+        (module_name, module), = doc["modules"].items()
+        if module_name != _LAYERED_MODULE:
+            raise SpecError(
+                f"module '{module_name}' is not supported; only single-module models ('{_LAYERED_MODULE}')",
+                path=f"modules.{module_name}",
+                hint="use top-level 'models' or 'slices' for text-only models",
+            )
+        if models_doc or slices_doc:
+            raise SpecError("use either 'modules' or top-level 'models'/'slices', not both", path="modules")
+        models_doc, slices_doc = module.get("models"), module.get("slices")
+        module_params = _params(module.get("parameters"))
+        prefix_models = f"modules.{module_name}.models"
+        prefix_slices = f"modules.{module_name}.slices"
+    if bool(models_doc) == bool(slices_doc):
+        raise SpecError(
+            "exactly one of 'models', 'slices' or 'modules' must be given",
+            path="<root>",
+            hint="'models' merges whole models; 'slices' picks layer ranges",
+        )
+
+    base = _ref(doc.get("base_model"), "base_model") if doc.get("base_model") is not None else None
+    models = tuple(
+        InputModel(_ref(m["model"], f"{prefix_models}[{i}].model"), _params(m.get("parameters")),
+                   f"{prefix_models}[{i}]")
+        for i, m in enumerate(models_doc or ())
+    )
+    slices = tuple(_slice(s, f"{prefix_slices}[{i}]") for i, s in enumerate(slices_doc or ()))
+
+    parameters = _params(doc.get("parameters"))
+
+    if doc.get("tokenizer") is not None and doc.get("tokenizer_source") is not None:
+        raise SpecError("give either 'tokenizer' or 'tokenizer_source', not both", path="tokenizer_source")
+    tokenizer = None
+    if doc.get("tokenizer_source") is not None:
+        tokenizer = TokenizerSpec(source=_tokenizer_source(doc["tokenizer_source"], "tokenizer_source"))
+    elif doc.get("tokenizer") is not None:
+        tk = doc["tokenizer"]
+        tokenizer = TokenizerSpec(
+            source=_tokenizer_source(tk.get("source", "union"), "tokenizer.source"),
+            tokens=dict(tk.get("tokens") or {}),
+            pad_to_multiple_of=tk.get("pad_to_multiple_of"),
+        )
+
+    return MergeSpec(
+        merge_method=doc["merge_method"].strip(),
+        base_model=base,
+        models=models,
+        slices=slices,
+        parameters=parameters,
+        module_parameters=module_params,
+        dtype=_dtype(doc.get("dtype")),
+        out_dtype=_dtype(doc.get("out_dtype")),
+        tokenizer=tokenizer,
+        chat_template=doc.get("chat_template"),
+        name=doc.get("name"),
+        hubmerge=_options(doc.get("hubmerge") or {}),
+        raw=doc,
+    )
+
+
+def _slice(doc: dict[str, Any], path: str) -> OutputSlice:
+    sources = []
+    for j, src in enumerate(doc["sources"]):
+        start, end = src["layer_range"]
+        if end <= start:
+            raise SpecError(
+                f"layer_range [{start}, {end}] is empty",
+                path=f"{path}.sources[{j}].layer_range",
+                hint="layer_range is [first, last+1), like a Python range",
+            )
+        sources.append(SliceSource(_ref(src["model"], f"{path}.sources[{j}].model"), (start, end),
+                                   _params(src.get("parameters")), f"{path}.sources[{j}]"))
+    lengths = {s.layer_range[1] - s.layer_range[0] for s in sources}
+    if len(lengths) > 1:
+        raise SpecError(
+            "all sources of a slice must span the same number of layers, got "
+            + ", ".join(f"{s.model}: {s.layer_range[1] - s.layer_range[0]}" for s in sources),
+            path=f"{path}.sources",
+        )
+    base = _ref(doc["base_model"], f"{path}.base_model") if doc.get("base_model") is not None else None
+    return OutputSlice(tuple(sources), base, _params(doc.get("parameters")), path)
+
+
+def _params(doc: dict[str, Any] | None) -> Parameters:
+    if not doc:
+        return {}
+    return {name: _setting(value) for name, value in doc.items()}
+
+
+def _setting(value: Any) -> Setting:
+    if isinstance(value, dict):
+        return (Conditional(_scalar_or_gradient(value["value"]), value.get("filter")),)
+    if isinstance(value, list):
+        if all(isinstance(v, dict) for v in value):
+            return tuple(Conditional(_scalar_or_gradient(v["value"]), v.get("filter")) for v in value)
+        return tuple(value)
+    return value
+
+
+def _scalar_or_gradient(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+_REF_RE = re.compile(r"^(?P<path>[^@+]+)(?:@(?P<rev>[^@+]+))?$")
+
+
+def parse_ref(text: str, path: str = "model") -> ModelRef:
+    """``org/name``, ``org/name@rev``, ``./local/dir``, ``model+lora``, ``model@rev+lora@rev``."""
+    text = text.strip()
+    model_part, _, lora_part = text.partition("+")
+    model = _single_ref(model_part, text, path)
+    if lora_part:
+        return ModelRef(model.path, model.revision, _single_ref(lora_part, text, path))
+    return model
+
+
+def _single_ref(part: str, whole: str, path: str) -> ModelRef:
+    match = _REF_RE.match(part.strip())
+    if not match or not match.group("path").strip():
+        raise SpecError(
+            f"invalid model reference {whole!r}",
+            path=path,
+            hint="use 'org/name', 'org/name@revision' or a local folder path (one '@' at most)",
+        )
+    return ModelRef(match.group("path").strip(), match.group("rev"))
+
+
+def _ref(value: Any, path: str) -> ModelRef:
+    if isinstance(value, str):
+        return parse_ref(value, path)
+    if "path" in value:  # {path, revision}
+        return ModelRef(value["path"], value.get("revision"))
+    model = _ref(value["model"], f"{path}.model")
+    lora = value.get("lora")
+    if lora is not None:
+        lora_ref = _ref(lora, f"{path}.lora")
+        return ModelRef(model.path, model.revision, lora_ref)
+    return model
+
+
+def _tokenizer_source(value: Any, path: str) -> str | ModelRef:
+    if value in ("base", "union"):
+        return value
+    return _ref(value, path)
+
+
+def _dtype(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value[len("torch."):] if value.startswith("torch.") else value
+
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: int | str, path: str = "max_shard_size") -> int:
+    """Bytes from ``5000000000``, ``'5GB'``, ``'500M'``, ``'2GiB'`` (decimal unless ``i``)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise SpecError(f"invalid size {value!r}", path=path, hint="use bytes or a suffix: 500MB, 5GB, 2GiB")
+    number, unit, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
+    base = 1024 if binary else 1000
+    factor = {"": 1, "K": base, "M": base**2, "G": base**3, "T": base**4}[unit]
+    size = int(number * factor)
+    if size < 1:
+        raise SpecError(f"size {value!r} must be at least one byte", path=path)
+    return size
+
+
+def _options(doc: dict[str, Any]) -> HubmergeOptions:
+    known = {"target", "private", "seed", "max_shard_size", "license", "create_pr", "track"}
+    return HubmergeOptions(
+        target=doc.get("target"),
+        private=bool(doc.get("private", False)),
+        seed=int(doc.get("seed", 0)),
+        max_shard_size=parse_size(doc["max_shard_size"], "hubmerge.max_shard_size")
+        if doc.get("max_shard_size") is not None
+        else None,
+        license=doc.get("license"),
+        create_pr=bool(doc.get("create_pr", False)),
+        track=dict(doc.get("track") or {}),
+        extra={k: v for k, v in doc.items() if k not in known},
+    )

@@ -1,0 +1,46 @@
+"""Shared test helpers: tiny model families on disk, reading merged folders back, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from hubmerge.demo import TinyShape, make_family
+
+
+def family(root: Path, arch: str = "llama", dtype: str = "bfloat16", **shape) -> dict[str, Path]:
+    return make_family(root, TinyShape(arch=arch, **shape), dtype=dtype)
+
+
+def load_folder(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def assert_same_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    assert sorted(ours) == sorted(theirs), set(ours) ^ set(theirs)
+    different = [k for k in ours if ours[k].dtype != theirs[k].dtype or not torch.equal(ours[k], theirs[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hubmerge.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_mergekit(spec: Path, out: Path, *extra: str, timeout: int = 600):
+    """mergekit-yaml 0.1.5 as the reference, offline."""
+    exe = Path(sys.executable).with_name("mergekit-yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([str(exe), str(spec), str(out), "--allow-crimes", "--no-write-model-card", *extra],
+                          cwd=spec.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

@@ -1,0 +1,135 @@
+"""Reading local models: headers checked without trusting them, indexes kept inside the folder."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hubmerge.errors import SourceError
+from hubmerge.sources.model import open_model
+from hubmerge.spec.model import ModelRef
+
+
+def _model_dir(tmp_path: Path, name: str = "m") -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"num_hidden_layers": 1}))
+    return d
+
+
+def _raw_file(path: Path, header: dict, data: bytes) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_reads_tensors_exactly(tmp_path):
+    d = _model_dir(tmp_path)
+    tensors = {"a": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+               "b": torch.randn(5, dtype=torch.float64).to(torch.bfloat16)}
+    save_file(tensors, str(d / "model.safetensors"))
+    src = open_model(ModelRef(str(d)))
+    try:
+        for name, t in tensors.items():
+            got = src.reader.read(src.tensors[name])
+            assert got.dtype == t.dtype and torch.equal(got, t)
+    finally:
+        src.close()
+
+
+def test_sharded_index(tmp_path):
+    d = _model_dir(tmp_path)
+    save_file({"a": torch.ones(2)}, str(d / "s1.safetensors"))
+    save_file({"b": torch.zeros(3)}, str(d / "s2.safetensors"))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors",
+                                                                               "b": "s2.safetensors"}}))
+    src = open_model(ModelRef(str(d)))
+    assert {n: i.file for n, i in src.tensors.items()} == {"a": "s1.safetensors", "b": "s2.safetensors"}
+    src.close()
+
+
+@pytest.mark.parametrize("target", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_index_escaping_folder_is_rejected(tmp_path, target):
+    d = _model_dir(tmp_path)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": target}}))
+    with pytest.raises(SourceError, match="outside the model folder"):
+        open_model(ModelRef(str(d)))
+
+
+def test_header_length_beyond_file(tmp_path):
+    d = _model_dir(tmp_path)
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    with pytest.raises(SourceError, match="runs past the end of the file"):
+        open_model(ModelRef(str(d)))
+
+
+def test_huge_header_length_is_bounded(tmp_path):
+    d = _model_dir(tmp_path)
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    with pytest.raises(SourceError, match="exceeds"):
+        open_model(ModelRef(str(d)))
+
+
+def test_offsets_outside_data(tmp_path):
+    d = _model_dir(tmp_path)
+    _raw_file(d / "model.safetensors", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8)
+    with pytest.raises(SourceError, match="outside the data") as err:
+        open_model(ModelRef(str(d)))
+    assert "'w'" in str(err.value)
+
+
+def test_unknown_dtype(tmp_path):
+    d = _model_dir(tmp_path)
+    _raw_file(d / "model.safetensors", {"w": {"dtype": "Q4_K", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 16)
+    with pytest.raises(SourceError, match="unknown dtype 'Q4_K'"):
+        open_model(ModelRef(str(d)))
+
+
+def test_overlapping_tensors(tmp_path):
+    d = _model_dir(tmp_path)
+    header = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+              "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}
+    _raw_file(d / "model.safetensors", header, b"\0" * 24)
+    with pytest.raises(SourceError, match="overlap"):
+        open_model(ModelRef(str(d)))
+
+
+def test_size_disagrees_with_shape(tmp_path):
+    d = _model_dir(tmp_path)
+    _raw_file(d / "model.safetensors", {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}, b"\0" * 16)
+    with pytest.raises(SourceError, match="expected 12"):
+        open_model(ModelRef(str(d)))
+
+
+def test_pickle_only_model_is_refused(tmp_path):
+    d = _model_dir(tmp_path)
+    (d / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(SourceError, match="pickle") as err:
+        open_model(ModelRef(str(d)))
+    assert "safetensors" in err.value.hint
+
+
+def test_missing_model(tmp_path):
+    with pytest.raises(SourceError, match="model not found"):
+        open_model(ModelRef(str(tmp_path / "nope")))
+
+
+def test_missing_config(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"a": torch.ones(1)}, str(d / "model.safetensors"))
+    with pytest.raises(SourceError, match="config.json"):
+        open_model(ModelRef(str(d)))
+
+
+def test_index_disagreeing_with_shards(tmp_path):
+    d = _model_dir(tmp_path)
+    save_file({"a": torch.ones(2)}, str(d / "s1.safetensors"))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors",
+                                                                               "b": "s1.safetensors"}}))
+    with pytest.raises(SourceError, match="'b'"):
+        open_model(ModelRef(str(d)))
