@@ -44,3 +44,13 @@ def run_mergekit(spec: Path, out: Path, *extra: str, timeout: int = 600):
                           cwd=spec.parent, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def publish_folder(server, repo_id: str, folder: Path, message: str = "upload") -> str:
+    """Put a local model folder on the test Hub as one commit (server-side seeding, no client involved)."""
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+    try:
+        server.create_repo(repo_id)
+    except Exception:
+        pass
+    return server.commit_files(repo_id, files, message=message)

@@ -90,6 +90,10 @@ class StreamingExecutor:
     def run(self, items: list[PlannedTensor], sink: Callable[[str, torch.Tensor], None]) -> None:
         if not items:
             return
+        for index, model in enumerate(self.plan.models):
+            expect = getattr(model.reader, "expect", None)
+            if expect is not None:  # lets remote readers coalesce neighbouring tensors into one request
+                expect([i.info for item in items for i in item.inputs if i.model == index])
         bar = tqdm(total=sum(i.nbytes for i in items), unit="B", unit_scale=True, desc="Merging",
                    disable=not self.show_progress)
         out_q: queue.Queue = queue.Queue(maxsize=2)

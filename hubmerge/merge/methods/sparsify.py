@@ -1,0 +1,150 @@
+"""Sparsifiers for task vectors (``delta = model - base``), numerically identical to mergekit 0.1.5.
+
+Each function takes a delta that the caller owns, sparsifies it **in place** and returns it. mergekit's own
+functions return new tensors; doing it in place saves a full-size copy per model and performs the same
+floating-point operations, so the results are bitwise equal.
+
+- :func:`magnitude` (TIES): keep the ``k = max(1, floor(density * n))`` largest ``|delta|``.
+- :func:`magnitude_outliers` (Model Breadcrumbs): drop the ``gamma`` fraction of largest ``|delta|`` and the
+  smallest ones, keeping ``floor(density * n)`` entries.
+- :func:`bernoulli` (DARE): keep each entry with probability ``density``.
+- :func:`della_magprune` (DELLA): keep each entry with a probability that grows with its magnitude rank.
+
+``rescale=True`` multiplies the kept entries by ``||delta||_1 / ||kept||_1`` (skipped when either is below
+1e-7). That is mergekit's rule; note that it matches the L1 norm, it does not divide by ``density`` as the DARE
+paper does.
+
+Random draws use ``torch.bernoulli(p, generator=generator)`` with ``p`` built exactly like mergekit's, so for the
+same generator state the masks are the masks mergekit draws from the global RNG. Everything is computed with
+mergekit's CPU rules on every device (magnitudes in float32; DARE/DELLA work in bf16 for bf16 tensors and in
+float32 otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hubmerge.merge.methods._introsort import sorted_range_mask
+
+__all__ = ["bernoulli", "della_magprune", "magnitude", "magnitude_outliers", "apply_mask"]
+
+_RESCALE_EPS = 1e-7
+
+
+def apply_mask(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """``delta *= mask`` in place, then optionally restore the L1 norm (mergekit's ``rescaled_masked_tensor``)."""
+    before = delta.abs().sum() if rescale else None
+    delta.mul_(mask)
+    if before is not None:
+        after = delta.abs().sum()
+        if not (before < _RESCALE_EPS or after < _RESCALE_EPS):
+            delta.mul_(before / after)
+    return delta
+
+
+def magnitude(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:
+    """TIES trim: keep the ``max(1, int(density * n))`` entries of largest magnitude.
+
+    Selects exactly the elements of mergekit's ``torch.argsort(|delta|.float(), descending=True)[:k]`` (CPU),
+    ties included, without the full sort (see ``_introsort``). ``density >= 1``: unchanged, not rescaled;
+    ``density <= 0``: zeros.
+    """
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    if density <= 0 or n == 0:
+        return delta.zero_()
+    k = max(1, int(density * n))
+    keep = sorted_range_mask(delta, 0, k, descending=True)
+    return apply_mask(delta, keep.view(delta.shape), rescale)
+
+
+def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, *, rescale: bool = False) -> torch.Tensor:
+    """Model Breadcrumbs: keep sorted positions ``[n_bot, n_bot + target)`` of ``|delta|`` in ascending order.
+
+    ``target = int(density * n)``, ``n_top = int(gamma * n)``, ``n_bot = max(0, n - target - n_top)``: the
+    ``gamma`` largest outliers go first, then the smallest entries, and fewer outliers are dropped when
+    ``gamma > 1 - density``. The window is read with Python slice rules as mergekit does (so odd inputs such
+    as negative densities behave the same). Only ``density >= 1`` short-circuits; ``density = 0`` multiplies
+    by an all-zero mask (signed zeros, as mergekit).
+    """
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    start, stop, _ = slice(n_bot, n_bot + target).indices(n)
+    keep = sorted_range_mask(delta, start, max(start, stop), descending=False)
+    return apply_mask(delta, keep.view(delta.shape), rescale)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    # mergekit (CPU): torch.bernoulli has no CPU float16 kernel, so everything but bf16 is drawn in float32.
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def bernoulli(
+    delta: torch.Tensor,
+    density: float,
+    *,
+    rescale: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DARE drop: ``mask ~ Bernoulli(density)`` per entry (no draw at all when ``density >= 1``)."""
+    if density >= 1:
+        return delta
+    work = _work_dtype(delta.dtype)
+    probs = torch.full_like(delta, density, dtype=work)
+    mask = torch.bernoulli(probs, generator=generator)
+    del probs
+    if work == delta.dtype:
+        return apply_mask(delta, mask, rescale)
+    return delta.copy_(apply_mask(delta.to(work), mask, rescale))
+
+
+def della_magprune(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    *,
+    rescale: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DELLA MagPrune: per row (dim 1; a 1-D tensor is one row), keep entry i with probability
+
+    ``p_i = (density - epsilon) + 2 * epsilon * (rank_i - min rank) / (max rank - min rank)``
+
+    where ``rank_i`` is the ascending magnitude rank within the row (1-based, as mergekit computes it in the work
+    dtype, so bf16 rounds large ranks). Ranks come from the same ``torch.argsort`` call as mergekit's; the
+    second argsort mergekit uses to invert that permutation is replaced by a scatter (same result, O(n)).
+    Raises ValueError unless ``0 < density - epsilon`` and ``density + epsilon < 1`` (checked only when
+    ``0 < density < 1``, like mergekit).
+    """
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return delta.zero_()
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ValueError(
+            f"della: epsilon ({epsilon}) must keep density ± epsilon inside (0, 1); density is {density}"
+        )
+    work = _work_dtype(delta.dtype)
+    rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
+    order = torch.argsort(rows.abs(), dim=1)
+    steps = torch.arange(rows.shape[1], device=delta.device).view(1, -1, *([1] * (rows.dim() - 2)))
+    ranks = torch.empty_like(order).scatter_(1, order, steps.expand_as(order))
+    del order, steps
+    ranks = ranks.to(work) + 1
+    lowest = ranks.min(dim=1, keepdim=True).values
+    highest = ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - lowest) / (highest - lowest)).clamp(0, 1)
+    del ranks
+    probs = (density - epsilon) + rank_norm * 2 * epsilon
+    del rank_norm
+    mask = torch.bernoulli(probs, generator=generator)
+    del probs
+    if work == delta.dtype:
+        apply_mask(rows, mask, rescale)  # rows is a view of delta
+        return delta
+    return delta.copy_(apply_mask(rows.to(work), mask, rescale).view(delta.shape))

@@ -1,0 +1,176 @@
+"""`hubmerge merge` end to end: loadable output, atomic folders, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import family, load_folder, run_cli
+from hubmerge.errors import HubmergeError
+from hubmerge.merge.run import MergeOptions, run_merge
+from hubmerge.spec import parse_spec
+
+SPEC = """
+merge_method: ties
+base_model: base
+models:
+  - model: chat
+    parameters: {weight: 0.5, density: 0.6}
+  - model: math
+    parameters: {weight: [0.2, 0.8], density: 0.5}
+dtype: bfloat16
+"""
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    family(root)
+    (root / "spec.yml").write_text(SPEC)
+    return root
+
+
+def test_merged_model_loads_in_transformers(llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    proc = run_cli("merge", str(llama / "spec.yml"), "-o", str(tmp_path / "out"), "--max-shard-size", "150KB", "-q")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 4 and config["torch_dtype"] == "bfloat16"
+    assert (out / "tokenizer.json").exists() and (out / "README.md").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    logits = model(torch.tensor([[1, 5, 9, 2]])).logits
+    assert logits.shape == (1, 4, 128) and torch.isfinite(logits).all()
+
+
+def test_shard_layout_does_not_change_tensors(llama, tmp_path):
+    a = run_merge(parse_spec(SPEC), tmp_path / "a", MergeOptions(base_dir=llama, show_progress=False))
+    b = run_merge(parse_spec(SPEC), tmp_path / "b", MergeOptions(base_dir=llama, show_progress=False,
+                                                                 max_shard_size=60_000))
+    assert len(a.shards) == 1 and len(b.shards) > 3
+    ta, tb = load_folder(a.output), load_folder(b.output)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta) and a.content_hash == b.content_hash
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_interrupted_merge_leaves_no_target_and_resume_is_bit_identical(llama, tmp_path):
+    full = run_merge(parse_spec(SPEC), tmp_path / "full", MergeOptions(base_dir=llama, show_progress=False,
+                                                                      max_shard_size=60_000))
+    target = tmp_path / "out"
+    finished = []
+
+    def crash_after_two(path: Path) -> None:
+        finished.append(path.name)
+        if len(finished) == 2:
+            raise _Boom()
+
+    with pytest.raises(_Boom):
+        run_merge(parse_spec(SPEC), target, MergeOptions(base_dir=llama, show_progress=False, max_shard_size=60_000,
+                                                         on_shard=crash_after_two))
+    assert not target.exists()
+    partial = tmp_path / ".out.hubmerge-partial"
+    assert partial.exists() and not any(p.name == "config.json" for p in partial.iterdir())
+
+    # Resume: the two finished shards are reused (their inputs never read again).
+    reread = []
+    resumed = run_merge(parse_spec(SPEC), target, MergeOptions(base_dir=llama, show_progress=False,
+                                                               max_shard_size=60_000, resume=True,
+                                                               on_shard=lambda p: reread.append(p.name)))
+    assert set(reread).isdisjoint(finished[:2]) and len(reread) == len(resumed.shards) - 2
+    assert resumed.content_hash == full.content_hash
+    ta, tb = load_folder(full.output), load_folder(resumed.output)
+    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert not partial.exists()
+
+
+def test_resume_rewrites_a_corrupted_shard(llama, tmp_path):
+    target = tmp_path / "out"
+    done = []
+
+    def crash(path):
+        done.append(path)
+        if len(done) == 2:
+            raise _Boom()
+
+    with pytest.raises(_Boom):
+        run_merge(parse_spec(SPEC), target, MergeOptions(base_dir=llama, show_progress=False, max_shard_size=60_000,
+                                                         on_shard=crash))
+    with open(done[0], "r+b") as f:  # flip a byte in a finished shard
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    rewritten = []
+    result = run_merge(parse_spec(SPEC), target, MergeOptions(base_dir=llama, show_progress=False,
+                                                              max_shard_size=60_000, resume=True,
+                                                              on_shard=lambda p: rewritten.append(p.name)))
+    assert done[0].name in rewritten and done[1].name not in rewritten
+    fresh = run_merge(parse_spec(SPEC), tmp_path / "fresh", MergeOptions(base_dir=llama, show_progress=False))
+    assert result.content_hash == fresh.content_hash
+
+
+def test_existing_output_needs_overwrite(llama, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = run_cli("merge", str(llama / "spec.yml"), "-o", str(out), "-q")
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("spec_text, needle", [
+    ("merge_method: ties\nbase_model: base\nmodels:\n  - model: chat\n    parameters: {weight: 1, densty: 0.5}\n",
+     "models[0].parameters.densty"),
+    ("merge_method: linear\nmodels:\n  - model: nowhere\n    parameters: {weight: 1}\n", "model not found"),
+    ("merge_method: [\n", "invalid YAML"),
+    ("merge_method: linear\nmodels:\n  - model: base\n    parameters: {weight: 1}\nfoo: 1\n", "unknown key 'foo'"),
+])
+def test_bad_input_one_line_error_exit_2_no_output(llama, tmp_path, spec_text, needle):
+    spec = tmp_path / "bad.yml"
+    spec.write_text(spec_text)
+    (tmp_path / "base").symlink_to(llama / "base")
+    (tmp_path / "chat").symlink_to(llama / "chat")
+    proc = run_cli("merge", str(spec), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.hubmerge-partial").exists()
+
+
+def test_truncated_input_fails_cleanly(llama, tmp_path):
+    import shutil
+
+    broken = tmp_path / "models"
+    shutil.copytree(llama, broken)
+    weights = broken / "chat" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    proc = run_cli("merge", str(broken / "spec.yml"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "chat" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_traceback(llama, tmp_path):
+    spec = tmp_path / "bad.yml"
+    spec.write_text("merge_method: nope\nmodels:\n  - model: x\n")
+    proc = run_cli("merge", str(spec), "-o", str(tmp_path / "out"), "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_demo_runs_offline(tmp_path):
+    proc = run_cli("demo", "-o", str(tmp_path / "demo"), "-q", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    merged = tmp_path / "demo" / "merged"
+    card = (merged / "README.md").read_text()
+    assert "base_model_relation" not in card or "merge" in card
+    assert "ties" in card and (merged / "model.safetensors").exists()
