@@ -19,6 +19,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+def _add_hub(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--download", action="store_true",
+                   help="download Hub inputs into the HF cache first instead of streaming them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubmerge", description="Hub-native streaming model merging")
     parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
@@ -31,12 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-shard-size", default=None, help="bytes per output shard, e.g. 5GB, 500MB (default 5GB)")
     m.add_argument("--resume", action="store_true", help="reuse fully written shards of an interrupted run")
     m.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    _add_hub(m)
     _add_common(m)
+
+    p = sub.add_parser("push", help="merge and push the result to the Hub as one commit")
+    p.add_argument("spec", help="spec file, or a Hub repo id whose README holds the recipe under 'hubmerge:'")
+    p.add_argument("--repo", default=None, help="target repo id (default: the spec's hubmerge.target)")
+    p.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    p.add_argument("--create-pr", action="store_true", default=None, help="open a Hub pull request instead")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--max-shard-size", default=None, help="bytes per output shard (default 5GB)")
+    _add_hub(p)
+    _add_common(p)
 
     v = sub.add_parser("validate", help="check a spec against its inputs' headers and print the plan")
     v.add_argument("spec")
     v.add_argument("--max-shard-size", default=None)
     v.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_hub(v)
     _add_common(v)
 
     d = sub.add_parser("demo", help="build tiny models and merge them, offline")

@@ -20,14 +20,30 @@ def _shard_size(args) -> int | None:
     return parse_size(args.max_shard_size, "--max-shard-size") if getattr(args, "max_shard_size", None) else None
 
 
+def _hub(args):
+    from hubmerge.hub import Hub
+
+    return Hub(endpoint=getattr(args, "endpoint", None), download=getattr(args, "download", False))
+
+
+def _load(args, hub=None):
+    """A spec file, or (for push) a Hub repo id whose README front matter holds the recipe."""
+    path = Path(args.spec)
+    if path.exists() or hub is None or "/" not in args.spec or args.spec.endswith((".yml", ".yaml")):
+        return load_spec(path), path.resolve().parent
+    from hubmerge.hub.push import spec_from_repo
+
+    return spec_from_repo(hub, args.spec), None
+
+
 def cmd_merge(args) -> int:
     spec = load_spec(args.spec)
     options = MergeOptions(device=args.device, max_shard_size=_shard_size(args), resume=args.resume,
                            overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
                            show_progress=not args.quiet)
     start = time.perf_counter()
-    result = run_merge(spec, args.output, options, card_writer=lambda plan, digest, folder: write_card(
-        plan, digest, folder, title=Path(args.output).name))
+    result = run_merge(spec, args.output, options, hub=_hub(args), card_writer=lambda plan, digest, folder: write_card(
+        plan, digest, folder, title=Path(args.output).name, device=args.device))
     logger.info("wrote %s: %d tensors, %d shard(s), %.1f s, %s", result.output, len(result.plan.tensors),
                 len(result.shards), time.perf_counter() - start, result.content_hash)
     return 0
@@ -35,7 +51,7 @@ def cmd_merge(args) -> int:
 
 def cmd_validate(args) -> int:
     spec = load_spec(args.spec)
-    plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent)
+    plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=_hub(args))
     try:
         max_shard = _shard_size(args) or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
         shards = shard_layout(plan, max_shard)
@@ -84,6 +100,21 @@ def _human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     return str(n)
+
+
+def cmd_push(args) -> int:
+    from hubmerge.hub.push import push
+
+    hub = _hub(args)
+    spec, base_dir = _load(args, hub)
+    result = push(spec, hub=hub, repo_id=args.repo, private=args.private, create_pr=args.create_pr,
+                  device=args.device, max_shard_size=_shard_size(args), commit_message=args.message,
+                  base_dir=base_dir, show_progress=not args.quiet)
+    if not result.changed:
+        print(f"{result.repo_id} is up to date ({result.content_hash}); no commit made")
+    else:
+        print(f"pushed {result.repo_id}: {result.pr_url or result.commit_url}")
+    return 0
 
 
 def cmd_demo(args) -> int:

@@ -85,7 +85,7 @@ class RemoteFile:
 
 class Hub:
     def __init__(self, endpoint: str | None = None, token: str | None | bool = None, *, use_cache: bool = True,
-                 download: bool = False):
+                 download: bool = False, retry_backoff: float = 0.5):
         from huggingface_hub import HfApi, get_token
 
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
@@ -93,6 +93,7 @@ class Hub:
         self.api = HfApi(endpoint=self.endpoint, token=self.token or False)
         self.use_cache = use_cache
         self.download = download
+        self.retry_backoff = retry_backoff  # first wait of ranged-read retries (doubles each time)
         self.session = requests.Session()
         self.resolved: dict[ModelRef, str] = {}
 

@@ -81,7 +81,7 @@ def open_hub_model(hub, ref: ModelRef) -> ModelSource:
         if not weight_files:
             refuse_pickle(list(listing), display)
 
-    fetcher = RangeFetcher(hub.session, hub.auth_headers())
+    fetcher = RangeFetcher(hub.session, hub.auth_headers(), backoff=hub.retry_backoff)
     remote_urls: dict[str, str] = {}
     readers: dict[str, object] = {}
     headers: dict[str, dict[str, TensorInfo]] = {}

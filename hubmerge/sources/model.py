@@ -160,7 +160,14 @@ def open_model(ref: ModelRef, *, base_dir: Path | None = None, hub: Any = None) 
                               f"but {ref.path} is a local folder")
         return open_local_model(ref, local)
     if hub is not None and _looks_like_repo_id(ref.path):
-        return hub.open_model(ref)
+        from hubmerge.errors import HubError
+
+        try:
+            return hub.open_model(ref)
+        except HubError as exc:
+            # Say both halves: people mistype local paths far more often than repo ids.
+            raise HubError(f"model not found: {ref}: no local folder at {local}, and on the Hub: {exc.message}",
+                           hint=exc.hint) from None
     hint = "check the path" if not _looks_like_repo_id(ref.path) else "Hub models need network access"
     raise SourceError(f"model not found: {ref} (no local folder at {local})", hint=hint)
 

@@ -6,7 +6,7 @@ introsort), which is *not* stable: among equal magnitudes (very common with bf16
 depend on how introsort partitions the whole array. Sorting 16M elements takes seconds; this module reproduces
 the same selection in a few vectorised passes:
 
-1. radix-select the key at each boundary of the range (two 65536-bin histograms of the float bits);
+1. radix-select the key at each boundary of the range (histograms of the magnitudes' bit patterns);
 2. if no run of equal keys straddles a boundary the answer is a threshold comparison;
 3. otherwise replay introsort's partition steps (median-of-three pivot moved to the front, Hoare partition,
    recursion depth limit ``2*floor(log2 n)``, insertion sort below 17 elements) along the path to each
@@ -16,7 +16,7 @@ the same selection in a few vectorised passes:
 The emulation is checked once per process against ``torch.sort`` itself; on a platform whose sort differs
 (libc++, MSVC, x86-simd-sort builds), when the data contain NaN, or when introsort would fall back to
 heapsort, we call ``torch.sort`` on a CPU copy instead, so the result always matches the local CPU sort.
-The same selection is made on every device (mergekit on CUDA sorts differently, by a stable radix sort).
+The same selection is made on every device (mergekit itself sorts differently on CUDA).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class _NeedRealSort(Exception):
 def sorted_range_mask(tensor: torch.Tensor, start: int, stop: int, *, descending: bool) -> torch.Tensor:
     """Boolean mask (flat) of the elements that mergekit's CPU sort of ``|tensor|`` puts at positions ``[start, stop)``.
 
-    Equal to ``mask[torch.sort(tensor.abs().reshape(-1).float().cpu(), descending=descending).indices[start:stop]] = True``
-    with ``start``/``stop`` already clipped to ``0 <= start <= stop <= numel`` (use ``slice.indices``).
+    Equal to ``mask[order[start:stop]] = True`` with
+    ``order = torch.sort(tensor.abs().reshape(-1).float().cpu(), descending=descending).indices`` and
+    ``start``/``stop`` already clipped to ``0 <= start <= stop <= numel`` (use ``slice.indices``).
     """
     n = tensor.numel()
     device = tensor.device
@@ -46,25 +47,20 @@ def sorted_range_mask(tensor: torch.Tensor, start: int, stop: int, *, descending
         return torch.zeros(n, dtype=torch.bool, device=device)
     if start == 0 and stop == n:
         return torch.ones(n, dtype=torch.bool, device=device)
-    magnitudes = tensor.abs().reshape(-1).float()  # exactly what mergekit sorts on CPU
-    if n < _EMULATE_FROM or not _emulation_matches_torch() or bool(torch.isnan(magnitudes).any()):
-        return _mask_by_sort(magnitudes, start, stop, descending)
-
-    # Non-negative floats order like their bit patterns; negate for a descending sort so that we only ever
-    # replay an ascending sort on int32 keys. ``magnitudes`` is our own buffer and is consumed here.
-    keys = magnitudes.view(torch.int32)
-    if descending:
-        keys.neg_()
+    if n < _EMULATE_FROM or not _emulation_matches_torch():
+        return _mask_by_sort(tensor, start, stop, descending)
+    keys = _keys(tensor, descending)
+    if keys is None:  # NaN: torch orders NaN specially, leave it to torch
+        return _mask_by_sort(tensor, start, stop, descending)
     bounds = [b for b in (start, stop) if 0 < b < n]
-    exact_high = tensor.dtype == torch.bfloat16  # bf16 -> f32 leaves the low 16 bits zero
-    selected = _select(keys, bounds, exact_high)
+    selected = _select(keys, bounds)
     before = {b: keys < selected[b][0] for b in bounds}  # elements strictly before the boundary's key
     straddled = [b for b in bounds if selected[b][1] < b]  # some equal keys lie before b, some after
     if straddled:
         try:
             ties = _replay(keys, straddled, {b: selected[b][0] for b in straddled})
         except _NeedRealSort:
-            return _mask_by_sort(tensor.abs().reshape(-1).float(), start, stop, descending)
+            return _mask_by_sort(tensor, start, stop, descending)
         for b, found in ties.items():
             if found:
                 before[b][torch.cat(found).long()] = True
@@ -74,31 +70,57 @@ def sorted_range_mask(tensor: torch.Tensor, start: int, stop: int, *, descending
     return keep
 
 
-def _mask_by_sort(magnitudes: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
-    order = torch.sort(magnitudes.cpu(), descending=descending).indices[start:stop]
+def _keys(tensor: torch.Tensor, descending: bool) -> torch.Tensor | None:
+    """Non-negative integer keys that sort (ascending) like mergekit's float32 magnitudes (descending if asked).
+
+    Non-negative floats order like their bit patterns; bf16/fp16 magnitudes convert to float32 exactly, so their
+    own 16-bit patterns serve (half the memory traffic); float64 is rounded to float32 first, as mergekit does.
+    XOR with the all-ones pattern reverses the order. Our own buffer; None if there is a NaN.
+    """
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        keys = tensor.abs().reshape(-1).view(torch.int16)
+        inf_bits, ones = (0x7F80 if tensor.dtype == torch.bfloat16 else 0x7C00), 0x7FFF
+    else:
+        magnitudes = tensor.abs().reshape(-1).float()
+        if magnitudes.data_ptr() == tensor.data_ptr():
+            magnitudes = magnitudes.clone()
+        keys = magnitudes.view(torch.int32)
+        inf_bits, ones = 0x7F800000, 0x7FFFFFFF
+    if int(keys.max()) > inf_bits:
+        return None
+    return keys.bitwise_xor_(ones) if descending else keys
+
+
+def _mask_by_sort(tensor: torch.Tensor, start: int, stop: int, descending: bool) -> torch.Tensor:
+    magnitudes = tensor.abs().reshape(-1).float().cpu()
+    order = torch.sort(magnitudes, descending=descending).indices[start:stop]
     mask = torch.zeros(magnitudes.numel(), dtype=torch.bool)
     mask[order] = True
-    return mask.to(magnitudes.device)
+    return mask.to(tensor.device)
 
 
-def _select(keys: torch.Tensor, ranks: list[int], exact_high: bool) -> dict[int, tuple[int, int]]:
-    """For each rank r: (the key at sorted position r, how many keys are strictly smaller)."""
+def _select(keys: torch.Tensor, ranks: list[int]) -> dict[int, tuple[int, int]]:
+    """For each rank r: (the key at sorted position r, how many keys are strictly smaller).
+
+    Radix select on the non-negative keys: a histogram of the high 15 bits (the whole key for 16-bit keys),
+    then, for int32 keys, of the low 16 bits within the bin.
+    """
     out: dict[int, tuple[int, int]] = {}
     if not ranks:
         return out
-    high = torch.bitwise_right_shift(keys, 16).add_(1 << 15)  # 0..65535, ordered like the keys
-    cum = torch.bincount(high, minlength=1 << 16).cumsum(0)
+    wide = keys.dtype == torch.int32
+    high = torch.bitwise_right_shift(keys, 16) if wide else keys
+    cum = torch.bincount(high, minlength=1 << 15).cumsum(0)
     bins = torch.searchsorted(cum, torch.tensor(ranks, device=keys.device), right=True).tolist()
     for r, b in zip(ranks, bins):
         below = int(cum[b - 1]) if b else 0
-        key_high = (b - (1 << 15)) << 16
-        if exact_high:
-            out[r] = (key_high, below)
+        if not wide:
+            out[r] = (b, below)
             continue
         low = torch.bitwise_and(keys[high == b], 0xFFFF)
         cum_low = torch.bincount(low, minlength=1 << 16).cumsum(0)
         b2 = int(torch.searchsorted(cum_low, torch.tensor(r - below, device=keys.device), right=True))
-        out[r] = (key_high + b2, below + (int(cum_low[b2 - 1]) if b2 else 0))
+        out[r] = ((b << 16) + b2, below + (int(cum_low[b2 - 1]) if b2 else 0))
     return out
 
 
@@ -112,26 +134,77 @@ def _count(mask: torch.Tensor) -> int:
     return int(mask.count_nonzero())
 
 
-def _replay(keys: torch.Tensor, bounds: list[int], values: dict[int, int]) -> dict[int, list[torch.Tensor]]:
+def _median_of_three(key: torch.Tensor) -> tuple[int, int]:
+    """libstdc++ __move_median_to_first(first, first + 1, mid, last - 1): (position moved to the front, its key)."""
+    size = key.numel()
+    mid = size // 2
+    a, b, c = key[[1, mid, size - 1]].tolist()
+    if a < b:
+        if b < c:
+            return mid, b
+        return (size - 1, c) if a < c else (1, a)
+    if a < c:
+        return 1, a
+    return (size - 1, c) if b < c else (mid, b)
+
+
+def _split(key: torch.Tensor, pivot: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """libstdc++ __unguarded_partition(first + 1, last, pivot at first), as index sets.
+
+    The left scan stops at keys >= pivot, the right scan at keys <= pivot; the i-th left stop is swapped with the
+    i-th right stop while they have not crossed. Returns ``cut`` (where the right range starts), the swapped left
+    stops (absolute, ascending) and the swapped right stops (relative to ``cut``, ascending; they pair in
+    reverse). ``cut`` is the largest x with #(left stops in [1, x)) <= #(right stops in [x, size)); it lies in
+    [1 + #less, #less-or-equal].
+    """
+    size = key.numel()
+    ge = key >= pivot
+    ge[0] = False  # the pivot itself is not scanned from the left
+    le = key <= pivot
+    x0, x1 = size - _count(ge), _count(le)
+    cut = x0
+    if x1 > x0:
+        # With every key either >= or <= the pivot, #(left stops in [x0, x0+j)) + #(right stops in there) is j
+        # plus the number of keys equal to the pivot in there; find the largest j with A(x0+j) <= B(x0+j).
+        budget = _count(le[x0:]) - _count(ge[:x0])
+        equal = _flatnonzero(key[x0:x1] == pivot).to(key.device)
+        count = torch.arange(equal.numel() + 1, device=key.device)
+        upper = torch.cat([equal, equal.new_tensor([x1 - x0])])
+        lower = torch.cat([equal.new_zeros(1), equal + 1])
+        best = torch.minimum(upper, budget - count)
+        best = best[best >= lower]
+        if not best.numel():
+            raise _NeedRealSort
+        cut = x0 + int(best.max())
+    left = _flatnonzero(ge[:cut])
+    right = _flatnonzero(le[cut:])
+    if right.numel() == left.numel() + 1:  # the key at ``cut`` equals the pivot and stays where it is
+        right = right[1:]
+    elif right.numel() != left.numel():
+        raise _NeedRealSort
+    return cut, left.to(key.device), right.to(key.device)
+
+
+def _replay(
+    keys: torch.Tensor, bounds: list[int], values: dict[int, int], depth: int | None = None
+) -> dict[int, list[torch.Tensor]]:
     """Replay introsort (ascending) on ``keys`` in place, following only the ranges that contain a boundary.
 
     Returns, for each boundary b, index tensors of the elements equal to ``values[b]`` that end up before b.
-    Positions are tracked lazily: the first range is the identity permutation (apart from the pivot swap).
+    ``depth`` overrides introsort's recursion limit ``2 * floor(log2 n)`` (for tests).
     """
     n = keys.numel()
     device = keys.device
-    index_dtype = torch.int32 if n < 2**31 else torch.int64
+    positions = torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.int64, device=device)
     ties: dict[int, list[torch.Tensor]] = {b: [] for b in bounds}
-    # (offset of the range, its keys, its original indices or None for identity, remaining depth, boundaries)
-    stack: list[tuple[int, torch.Tensor, torch.Tensor | None, int, list[int]]] = [
-        (0, keys, None, 2 * (n.bit_length() - 1), list(bounds))
-    ]
+    if depth is None:
+        depth = 2 * (n.bit_length() - 1)
+    # (offset of the range, its keys, their original indices, remaining depth, boundaries inside)
+    stack = [(0, keys, positions, depth, list(bounds))]
     while stack:
         lo, key, pos, depth, inside = stack.pop()
         size = key.numel()
         if size <= _INSERTION_THRESHOLD:  # the final insertion sort is stable within the range
-            if pos is None:
-                pos = torch.arange(size, dtype=index_dtype, device=device)
             order = torch.sort(key, stable=True).indices
             sorted_key, sorted_pos = key[order], pos[order]
             for b in inside:
@@ -141,85 +214,30 @@ def _replay(keys: torch.Tensor, bounds: list[int], values: dict[int, int]) -> di
         if depth == 0:  # introsort would heapsort this range
             raise _NeedRealSort
         depth -= 1
-
-        # __move_median_to_first(first, first + 1, mid, last - 1)
-        mid = size // 2
-        a, b_, c = key[[1, mid, size - 1]].tolist()
-        if a < b_:
-            j, pivot = (mid, b_) if b_ < c else ((size - 1, c) if a < c else (1, a))
-        elif a < c:
-            j, pivot = 1, a
-        else:
-            j, pivot = (size - 1, c) if b_ < c else (mid, b_)
+        j, pivot = _median_of_three(key)
         key[[0, j]] = key[[j, 0]]
-        if pos is not None:
-            pos[[0, j]] = pos[[j, 0]]
-
-        # __unguarded_partition(first + 1, last, pivot): the left scan stops at keys >= pivot, the right scan
-        # at keys <= pivot (the pivot itself is the sentinel at position 0); the i-th left stop is swapped
-        # with the i-th right stop while they have not crossed. The split point ``cut`` is the largest x with
-        # #(left stops in [1, x)) <= #(right stops in [x, size)), and it lies in [1 + #less, size - #greater].
-        ge = key >= pivot
-        le = key <= pivot
-        x0, x1 = 1 + size - _count(ge), _count(le)
-        cut = x0
-        if x1 > x0:
-            a0, b0 = _count(ge[1:x0]), _count(le[x0:])
-            lefts = torch.zeros(x1 - x0 + 1, dtype=torch.int64, device=device)
-            rights = torch.zeros(x1 - x0 + 1, dtype=torch.int64, device=device)
-            lefts[1:] = ge[x0:x1].cumsum(0)
-            rights[1:] = le[x0:x1].cumsum(0)
-            fits = _flatnonzero((a0 + lefts) <= (b0 - rights))
-            if not fits.numel():
-                raise _NeedRealSort
-            cut = x0 + int(fits[-1])
-        left_stops = _flatnonzero(ge[1:cut]) + 1  # ascending, all of them are swapped
-        right_stops = _flatnonzero(le[cut:]) + cut  # ascending; the one at ``cut`` may stay
-        swaps = left_stops.numel()
-        if right_stops.numel() == swaps + 1:
-            right_stops = right_stops[1:]
-        elif right_stops.numel() != swaps:
-            raise _NeedRealSort
-        del ge, le
+        pos[[0, j]] = pos[[j, 0]]
+        cut, left, right = _split(key, pivot)
 
         go_left = [b for b in inside if b < lo + cut]
         go_right = [b for b in inside if b > lo + cut]
         record = [b for b in inside if b >= lo + cut and values[b] == pivot]
-
-        def original(idx: torch.Tensor) -> torch.Tensor:
-            if pos is not None:
-                return pos[idx]
-            q = idx.to(index_dtype)
-            return torch.where(q == j, 0, q)  # position j holds original element 0 after the pivot swap
-
-        def range_positions(begin: int, end: int) -> torch.Tensor:
-            if pos is not None:
-                return pos[begin:end]
-            q = torch.arange(begin, end, dtype=index_dtype, device=device)
-            for at, orig in ((0, j), (j, 0)):
-                if begin <= at < end:
-                    q[at - begin] = orig
-            return q
-
-        # The left range receives the right stops' elements (highest position first) and vice versa.
-        into_left_key = key[right_stops].flip(0) if (go_left or record) else None
-        into_left_pos = original(right_stops).flip(0) if (go_left or record) else None
-        into_right_key = key[left_stops].flip(0) if go_right else None
-        into_right_pos = original(left_stops).flip(0) if go_right else None
+        key_r, pos_r = key[cut:], pos[cut:]
+        if go_left or record:  # the left range receives the right stops' elements, highest position first
+            into_left_key, into_left_pos = key_r[right].flip(0), pos_r[right].flip(0)
+        if go_right:
+            into_right_key, into_right_pos = key[left].flip(0), pos[left].flip(0)
         for b in record:  # the left range is entirely before b: its elements equal to b's key are ties
-            pivot_index = pos[:1].clone() if pos is not None else torch.tensor([j], dtype=index_dtype, device=device)
-            ties[b].append(pivot_index)
+            ties[b].append(pos[:1].clone())
             ties[b].append(into_left_pos[into_left_key == pivot])
         if go_left:
-            key.scatter_(0, left_stops, into_left_key)
-            left_pos = range_positions(0, cut)
-            left_pos.scatter_(0, left_stops, into_left_pos)
-            stack.append((lo, key[:cut], left_pos, depth, go_left))
+            key.scatter_(0, left, into_left_key)
+            pos.scatter_(0, left, into_left_pos)
+            stack.append((lo, key[:cut], pos[:cut], depth, go_left))
         if go_right:
-            key.scatter_(0, right_stops, into_right_key)
-            right_pos = range_positions(cut, size)
-            right_pos.scatter_(0, right_stops - cut, into_right_pos)
-            stack.append((lo + cut, key[cut:], right_pos, depth, go_right))
+            key_r.scatter_(0, right, into_right_key)
+            pos_r.scatter_(0, right, into_right_pos)
+            stack.append((lo + cut, key_r, pos_r, depth, go_right))
     return ties
 
 
@@ -239,11 +257,9 @@ def _emulation_matches_torch() -> bool:
                     for start, stop in ((0, n // 3), (n // 5, n - n // 7)):
                         ref = torch.zeros(n, dtype=torch.bool)
                         ref[torch.sort(sample, descending=descending).indices[start:stop]] = True
-                        keys = sample.clone().view(torch.int32)
-                        if descending:
-                            keys.neg_()
+                        keys = _keys(sample, descending)
                         bounds = [b for b in (start, stop) if 0 < b < n]
-                        sel = _select(keys, bounds, False)
+                        sel = _select(keys, bounds)
                         before = {b: keys < sel[b][0] for b in bounds}
                         ties = _replay(keys, [b for b in bounds if sel[b][1] < b], {b: sel[b][0] for b in bounds})
                         for b, found in ties.items():

@@ -68,6 +68,8 @@ class MergeMethod:
     # Extra validation of resolved scalar parameters, before any tensor is read: raises ValueError.
     check: Callable[[dict[str, Any]], None] | None = None
     aliases: tuple[str, ...] = field(default=())
+    # False for methods mergekit 0.1.5 does not have: their recipes are not mergekit-compatible.
+    in_mergekit: bool = True
 
     def param(self, name: str) -> Param | None:
         for p in self.params:

@@ -59,7 +59,9 @@ def magnitude(delta: torch.Tensor, density: float, *, rescale: bool = False) -> 
     return apply_mask(delta, keep.view(delta.shape), rescale)
 
 
-def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, *, rescale: bool = False) -> torch.Tensor:
+def magnitude_outliers(
+    delta: torch.Tensor, density: float, gamma: float = 0.01, *, rescale: bool = False
+) -> torch.Tensor:
     """Model Breadcrumbs: keep sorted positions ``[n_bot, n_bot + target)`` of ``|delta|`` in ascending order.
 
     ``target = int(density * n)``, ``n_top = int(gamma * n)``, ``n_bot = max(0, n - target - n_top)``: the
@@ -103,6 +105,20 @@ def bernoulli(
     return delta.copy_(apply_mask(delta.to(work), mask, rescale))
 
 
+_INF_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+
+
+def _sort_keys(rows: torch.Tensor) -> torch.Tensor:
+    """What mergekit argsorts: ``|rows|``. For bf16/fp16 the int16 bit patterns of the magnitudes compare exactly
+    like the values (no NaN), so the same introsort makes the same moves, ~30% faster than comparing halves."""
+    magnitudes = rows.abs()
+    if rows.dtype in _INF_BITS:
+        bits = magnitudes.view(torch.int16)
+        if not bits.numel() or int(bits.max()) <= _INF_BITS[rows.dtype]:
+            return bits
+    return magnitudes
+
+
 def della_magprune(
     delta: torch.Tensor,
     density: float,
@@ -116,8 +132,11 @@ def della_magprune(
     ``p_i = (density - epsilon) + 2 * epsilon * (rank_i - min rank) / (max rank - min rank)``
 
     where ``rank_i`` is the ascending magnitude rank within the row (1-based, as mergekit computes it in the work
-    dtype, so bf16 rounds large ranks). Ranks come from the same ``torch.argsort`` call as mergekit's; the
-    second argsort mergekit uses to invert that permutation is replaced by a scatter (same result, O(n)).
+    dtype, so bf16 rounds large ranks). The order comes from the same ``torch.argsort`` call as mergekit's (on
+    int16 bit patterns for bf16/fp16, which sorts identically). Every row is a permutation of the same ranks, so
+    the probability of each rank is computed once, with mergekit's operations, and scattered to the elements:
+    this replaces mergekit's second argsort and its eight full-size elementwise passes, with identical values.
+    (The argsort runs on the tensor's device, so on CUDA equal magnitudes may be ranked in another order.)
     Raises ValueError unless ``0 < density - epsilon`` and ``density + epsilon < 1`` (checked only when
     ``0 < density < 1``, like mergekit).
     """
@@ -131,17 +150,13 @@ def della_magprune(
         )
     work = _work_dtype(delta.dtype)
     rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
-    order = torch.argsort(rows.abs(), dim=1)
-    steps = torch.arange(rows.shape[1], device=delta.device).view(1, -1, *([1] * (rows.dim() - 2)))
-    ranks = torch.empty_like(order).scatter_(1, order, steps.expand_as(order))
-    del order, steps
-    ranks = ranks.to(work) + 1
-    lowest = ranks.min(dim=1, keepdim=True).values
-    highest = ranks.max(dim=1, keepdim=True).values
-    rank_norm = ((ranks - lowest) / (highest - lowest)).clamp(0, 1)
-    del ranks
-    probs = (density - epsilon) + rank_norm * 2 * epsilon
-    del rank_norm
+    order = torch.argsort(_sort_keys(rows), dim=1)
+    ranks = torch.arange(rows.shape[1], device=delta.device).to(work) + 1
+    rank_norm = ((ranks - ranks.min()) / (ranks.max() - ranks.min())).clamp(0, 1)
+    by_rank = (density - epsilon) + rank_norm * 2 * epsilon
+    by_rank = by_rank.view(1, -1, *([1] * (rows.dim() - 2))).expand(order.shape)
+    probs = torch.empty(rows.shape, dtype=work, device=delta.device).scatter_(1, order, by_rank)
+    del order, by_rank
     mask = torch.bernoulli(probs, generator=generator)
     del probs
     if work == delta.dtype:

@@ -1,0 +1,147 @@
+"""``hubmerge push``: merge and publish as one atomic commit (or a Hub pull request).
+
+Order of operations, each step failing before anything is written to the repo:
+create the repo if needed, check write access, note the branch head, merge while pre-uploading each
+shard as soon as it is written (and deleting it locally, so disk holds at most a couple of shards),
+then one ``create_commit`` guarded by ``parent_commit``. Identical output means no commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubmerge.errors import HubError, SpecError
+from hubmerge.hub.client import Hub, hub_errors
+from hubmerge.merge.run import MergeOptions, MergeResult, run_merge
+from hubmerge.output.card import split_front_matter, write_card
+from hubmerge.spec.model import MergeSpec
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+GENERATED_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    changed: bool
+    commit_sha: str | None
+    commit_url: str | None
+    pr_url: str | None
+    content_hash: str
+    merge: MergeResult | None
+
+
+def target_of(spec: MergeSpec, override: str | None) -> str:
+    target = override or spec.hubmerge.target
+    if not target:
+        raise SpecError("no target repo to push to", path="hubmerge.target",
+                        hint="add 'hubmerge: {target: your-name/model-name}' to the spec or pass --repo")
+    return target
+
+
+def existing_card(hub: Hub, repo_id: str, sha: str | None) -> str | None:
+    if sha is None:
+        return None
+    data = hub.read_small_file(repo_id, sha, "README.md")
+    return data.decode("utf-8", errors="replace") if data is not None else None
+
+
+def recorded_block(readme: str | None) -> dict:
+    if not readme:
+        return {}
+    meta, _ = split_front_matter(readme)
+    block = meta.get("hubmerge")
+    return block if isinstance(block, dict) else {}
+
+
+def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool | None = None,
+         create_pr: bool | None = None, device: str = "cpu", max_shard_size: int | None = None,
+         commit_message: str | None = None, base_dir: Path | None = None, show_progress: bool = True,
+         workdir: Path | None = None) -> PushResult:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    repo_id = target_of(spec, repo_id)
+    private = spec.hubmerge.private if private is None else private
+    create_pr = spec.hubmerge.create_pr if create_pr is None else create_pr
+    with hub_errors(f"target {repo_id}"):
+        hub.api.create_repo(repo_id, private=private, exist_ok=True)
+        hub.api.auth_check(repo_id, write=True)
+        refs = hub.api.list_repo_refs(repo_id)
+    parent = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+    old_readme = existing_card(hub, repo_id, parent)
+    old_files = set(hub.api.list_repo_files(repo_id, revision=parent)) if parent else set()
+
+    uploaded: list = []
+
+    def upload_shard(path: Path) -> None:
+        op = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+        with hub_errors(f"uploading {path.name} to {repo_id}"):
+            hub.api.preupload_lfs_files(repo_id, additions=[op], create_pr=create_pr or None)
+        path.unlink()  # uploaded: the disk holds only the shard being written
+        uploaded.append(op)
+
+    with tempfile.TemporaryDirectory(prefix="hubmerge-push-", dir=workdir) as tmp:
+        out = Path(tmp) / "out"
+        options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
+                               show_progress=show_progress, on_shard=upload_shard)
+        result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
+            plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device))
+
+        old_block = recorded_block(old_readme)
+        new_block = recorded_block((out / "README.md").read_text(encoding="utf-8"))
+        same_weights = old_block.get("content_hash") == result.content_hash
+        same_recipe = old_block.get("recipe") == new_block.get("recipe")
+        if parent is not None and same_weights and same_recipe:
+            logger.info("%s is up to date (content hash %s); nothing to commit", repo_id, result.content_hash)
+            return PushResult(repo_id, False, parent, None, None, result.content_hash, result)
+
+        operations: list = list(uploaded)
+        for path in sorted(out.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                operations.append(CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)))
+        new_names = {op.path_in_repo for op in operations}
+        for stale in sorted(old_files - new_names):
+            if stale.endswith(WEIGHT_SUFFIXES) or stale in GENERATED_FILES:
+                operations.append(CommitOperationDelete(path_in_repo=stale))
+        message = commit_message or f"hubmerge: {spec.merge_method} merge ({result.content_hash[7:19]})"
+        with hub_errors(f"committing to {repo_id}"):
+            info = hub.api.create_commit(repo_id, operations, commit_message=message,
+                                         commit_description=_description(result), parent_commit=parent,
+                                         create_pr=create_pr or None)
+    logger.info("pushed %s: %s", repo_id, info.pr_url or info.commit_url)
+    return PushResult(repo_id, True, info.oid, info.commit_url, info.pr_url, result.content_hash, result)
+
+
+def _description(result: MergeResult) -> str:
+    lines = [f"Merged with hubmerge ({result.plan.method.name}).", "", "Sources:"]
+    for m in result.plan.models:
+        lines.append(f"- {m.name}" + (f"@{m.revision}" if m.revision else ""))
+    lines.append("")
+    lines.append(f"Content hash: {result.content_hash}")
+    return "\n".join(lines)
+
+
+def spec_from_repo(hub: Hub, repo_id: str, revision: str | None = None) -> MergeSpec:
+    """A spec stored in a repo's README front matter under ``hubmerge: {recipe: ...}``."""
+    from hubmerge.spec.parse import spec_from_dict
+
+    sha = hub.resolve(repo_id, revision)
+    readme = hub.read_small_file(repo_id, sha, "README.md")
+    if readme is None:
+        raise HubError(f"{repo_id} has no README.md holding a recipe",
+                       hint="put the spec under 'hubmerge: {recipe: ...}' in the README front matter")
+    meta, _ = split_front_matter(readme.decode("utf-8", errors="replace"), source=f"{repo_id}/README.md")
+    block = meta.get("hubmerge")
+    if not isinstance(block, dict) or not isinstance(block.get("recipe"), dict):
+        raise HubError(f"{repo_id}/README.md has no 'hubmerge.recipe' in its front matter",
+                       hint="add the merge spec under 'hubmerge: {recipe: ...}'")
+    recipe = dict(block["recipe"])
+    options = dict(recipe.get("hubmerge") or {})
+    options.setdefault("target", repo_id)
+    recipe["hubmerge"] = options
+    return spec_from_dict(recipe, source=f"{repo_id}/README.md hubmerge.recipe")

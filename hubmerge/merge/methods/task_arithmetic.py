@@ -1,0 +1,291 @@
+"""Generalized task arithmetic: task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties,
+della, della_linear (mergekit's ``GeneralizedTaskArithmeticMerge``).
+
+For base ``b`` and models ``x_i`` with weights ``w_i``::
+
+    d_i = sparsify(x_i - b)            # per method, see ``sparsify``; L1-rescaled if ``rescale``
+    d_i = w_i * d_i                    # weights are applied before the sign election
+    with sign election (TIES "sum"):
+        s   = +1 where sum_i d_i >= 0 else -1
+        m_i = sign(d_i) == s           # exact zeros never agree
+        D   = sum_i m_i d_i ;  W = sum_i m_i w_i ;  W[W == 0] = 1
+    without:
+        D   = sum_i d_i    ;  W = sum_i w_i    ;  W[|W| < 1e-8] = 1
+    if normalize: D = D / W
+    out = b + lambda * D
+
+Bit-compatible with mergekit 0.1.5: everything runs in the input dtype (bf16 stays bf16), the weights are cast
+to that dtype, and the reductions are the same tensor reductions over a stacked ``[models, ...]`` buffer.
+``int8_mask`` is accepted for compatibility; it only changed the dtype of mergekit's sign mask (ours is always
+boolean, which is as small), never the result.
+
+Random methods (dare_*, della*) take ``generator``: a ``torch.Generator`` on the tensor's device that the
+executor seeds per output tensor. mergekit draws from the global RNG in execution order instead; with a
+generator in the same state as mergekit's global RNG, the masks (and outputs) are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from hubmerge.merge.methods import sparsify as sp
+from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, register
+
+Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (delta, model index) -> delta, in place
+
+
+def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
+    """TIES sign election over dim 0 (mergekit's "sum" method).
+
+    The elected sign is +1 where ``sum_i d_i >= 0`` and -1 otherwise (also where the sum is NaN). Returns a mask
+    in the deltas' dtype: 1 where ``d_i`` has the elected sign, else 0 (zeros and NaNs never agree). Multiplying
+    by it gives the same values as mergekit's boolean mask.
+    """
+    elected = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    return deltas.sign().eq_(elected)
+
+
+def _per_model(values: Sequence[float] | None, count: int, default: float, name: str) -> list[float]:
+    if values is None:
+        return [default] * count
+    values = list(values)
+    if len(values) != count:
+        raise ValueError(f"{name}: expected {count} values (one per non-base model), got {len(values)}")
+    return values
+
+
+def generalized_task_arithmetic(
+    base: torch.Tensor,
+    others: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float],
+    sparsify: Sparsifier | None,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
+    """The shared kernel; ``sparsify(delta, i)`` sparsifies model i's delta in place (or is None)."""
+    if not others:
+        return base
+    if weights is None:
+        raise ValueError("weight: required for every non-base model")
+    weights = _per_model(weights, len(others), 0.0, "weight")
+    deltas = base.new_empty((len(others), *base.shape))
+    for i, other in enumerate(others):
+        torch.sub(other, base, out=deltas[i])
+        if sparsify is not None:
+            sparsify(deltas[i], i)
+    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+
+    if consensus:
+        mask = sign_consensus(deltas)
+        merged = deltas.mul_(mask).sum(dim=0)
+        divisor = mask.mul_(w).sum(dim=0)
+        del mask
+        divisor.masked_fill_(divisor == 0, 1)
+    else:
+        merged = deltas.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor.masked_fill_(divisor.abs() < 1e-8, 1)
+    del deltas
+    if normalize:
+        merged /= divisor
+    if lam != 1:
+        merged *= lam
+    return merged.add_(base)
+
+
+# ---- the registered methods ---------------------------------------------------------------------------
+# Shared keyword arguments: ``weights`` (required) and ``densities`` (default 1.0) per non-base model;
+# ``normalize``, ``rescale`` (defaults per method, as mergekit), ``lam`` (spec name "lambda") and ``int8_mask``.
+
+
+def task_arithmetic(
+    base, others, *, weights, densities=None, normalize=False, rescale=False, lam=1.0, int8_mask=False
+):
+    """Task Arithmetic (Ilharco et al., arXiv:2212.04089): ``b + lambda * sum_i w_i (x_i - b)``, divided by
+    ``sum_i w_i`` if ``normalize``. ``densities`` and ``rescale`` are accepted (mergekit declares them) but unused."""
+    return generalized_task_arithmetic(
+        base, others, weights=weights, sparsify=None, consensus=False, normalize=normalize, lam=lam
+    )
+
+
+def ties(base, others, *, weights, densities=None, normalize=True, rescale=False, lam=1.0, int8_mask=False):
+    """TIES-Merging (Yadav et al., arXiv:2306.01708): trim each delta to its top-``density`` magnitudes, elect
+    the sign of the weighted sum, and sum the agreeing weighted deltas (divided by the agreeing weights)."""
+    dens = _per_model(densities, len(others), 1.0, "density")
+
+    def trim(delta, i):
+        return sp.magnitude(delta, dens[i], rescale=rescale)
+
+    return generalized_task_arithmetic(
+        base, others, weights=weights, sparsify=trim, consensus=True, normalize=normalize, lam=lam
+    )
+
+
+def _dare(base, others, weights, densities, normalize, rescale, lam, generator, consensus):
+    dens = _per_model(densities, len(others), 1.0, "density")
+
+    def drop(delta, i):
+        return sp.bernoulli(delta, dens[i], rescale=rescale, generator=generator)
+
+    return generalized_task_arithmetic(
+        base, others, weights=weights, sparsify=drop, consensus=consensus, normalize=normalize, lam=lam
+    )
+
+
+def dare_ties(
+    base, others, *, weights, densities=None, normalize=False, rescale=True, lam=1.0, int8_mask=False, generator=None
+):
+    """DARE + TIES (Yu et al., arXiv:2311.03099): drop entries at random, keeping each with probability
+    ``density`` (L1-rescaled), then the TIES sign election."""
+    return _dare(base, others, weights, densities, normalize, rescale, lam, generator, consensus=True)
+
+
+def dare_linear(
+    base, others, *, weights, densities=None, normalize=False, rescale=True, lam=1.0, int8_mask=False, generator=None
+):
+    """DARE (Yu et al., arXiv:2311.03099): drop entries at random, keeping each with probability ``density``
+    (L1-rescaled), then task arithmetic."""
+    return _dare(base, others, weights, densities, normalize, rescale, lam, generator, consensus=False)
+
+
+def _breadcrumbs(base, others, weights, densities, gammas, normalize, rescale, lam, consensus):
+    dens = _per_model(densities, len(others), 1.0, "density")
+    gam = _per_model(gammas, len(others), 0.01, "gamma")
+
+    def crumbs(delta, i):
+        return sp.magnitude_outliers(delta, dens[i], gam[i], rescale=rescale)
+
+    return generalized_task_arithmetic(
+        base, others, weights=weights, sparsify=crumbs, consensus=consensus, normalize=normalize, lam=lam
+    )
+
+
+def breadcrumbs(
+    base, others, *, weights, densities=None, gammas=None, normalize=False, rescale=False, lam=1.0, int8_mask=False
+):
+    """Model Breadcrumbs (Davari & Belilovsky, arXiv:2312.06795): drop the ``gamma`` fraction of largest
+    magnitudes and the smallest ones, keeping ``density``, then task arithmetic."""
+    return _breadcrumbs(base, others, weights, densities, gammas, normalize, rescale, lam, consensus=False)
+
+
+def breadcrumbs_ties(
+    base, others, *, weights, densities=None, gammas=None, normalize=False, rescale=False, lam=1.0, int8_mask=False
+):
+    """Model Breadcrumbs (arXiv:2312.06795) sparsification followed by the TIES sign election."""
+    return _breadcrumbs(base, others, weights, densities, gammas, normalize, rescale, lam, consensus=True)
+
+
+def _della(base, others, weights, densities, epsilons, normalize, rescale, lam, generator, consensus):
+    dens = _per_model(densities, len(others), 1.0, "density")
+    eps = _per_model(epsilons, len(others), 0.15, "epsilon")
+
+    def magprune(delta, i):
+        return sp.della_magprune(delta, dens[i], eps[i], rescale=rescale, generator=generator)
+
+    return generalized_task_arithmetic(
+        base, others, weights=weights, sparsify=magprune, consensus=consensus, normalize=normalize, lam=lam
+    )
+
+
+def della(
+    base, others, *, weights, densities=None, epsilons=None, normalize=True, rescale=True, lam=1.0,
+    int8_mask=False, generator=None,
+):
+    """DELLA-Merging (Deep et al., arXiv:2406.11617): MagPrune (keep-probability ``density ± epsilon`` by
+    magnitude rank, L1-rescaled), then the TIES sign election."""
+    return _della(base, others, weights, densities, epsilons, normalize, rescale, lam, generator, consensus=True)
+
+
+def della_linear(
+    base, others, *, weights, densities=None, epsilons=None, normalize=False, rescale=True, lam=1.0,
+    int8_mask=False, generator=None,
+):
+    """DELLA MagPrune (arXiv:2406.11617) followed by task arithmetic (no sign election)."""
+    return _della(base, others, weights, densities, epsilons, normalize, rescale, lam, generator, consensus=False)
+
+
+# ---- parameter declarations and validation ------------------------------------------------------------
+
+
+def _values(params: dict[str, Any], *keys: str) -> list[Any] | None:
+    """A resolved parameter by spec name or keyword, as a list (scalars broadcast); None if absent."""
+    for key in keys:
+        if key in params and params[key] is not None:
+            value = params[key]
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+    return None
+
+
+def _check_della(params: dict[str, Any]) -> None:
+    densities = _values(params, "densities", "density") or [1.0]
+    epsilons = _values(params, "epsilons", "epsilon") or [0.15]
+    if len(densities) == 1:
+        densities = densities * len(epsilons)
+    if len(epsilons) == 1:
+        epsilons = epsilons * len(densities)
+    for density, epsilon in zip(densities, epsilons):
+        if 0 < density < 1 and (density + epsilon >= 1 or density - epsilon <= 0):
+            raise ValueError(
+                f"epsilon: density ± epsilon must lie inside (0, 1) for della; got density={density}, "
+                f"epsilon={epsilon}"
+            )
+
+
+def _params(normalize: bool, rescale: bool, extra: tuple[Param, ...] = ()) -> tuple[Param, ...]:
+    return (
+        Param("int8_mask", bool, default=False, help="compatibility only; the sign mask is always boolean"),
+        Param("normalize", bool, default=normalize, help="divide by the sum of (agreeing) weights"),
+        Param("rescale", bool, default=rescale, help="restore each sparsified delta's L1 norm"),
+        Param("lambda", float, default=1.0, kwarg="lam", help="scale of the merged task vector"),
+        Param("weight", float, scope="model", default=REQUIRED, kwarg="weights", help="task vector weight"),
+        Param("density", float, scope="model", default=1.0, kwarg="densities", help="fraction of entries kept"),
+        *extra,
+    )
+
+
+_GAMMA = Param("gamma", float, scope="model", default=0.01, kwarg="gammas",
+               help="fraction of largest-magnitude outliers dropped")
+_EPSILON = Param("epsilon", float, scope="model", default=0.15, kwarg="epsilons",
+                 help="half-width of the keep-probability range across magnitude ranks")
+
+
+def _register(func, summary, paper, *, normalize, rescale, extra=(), random=False, check=None):
+    register(
+        MergeMethod(
+            name=func.__name__,
+            func=func,
+            params=_params(normalize, rescale, extra),
+            base="required",
+            min_inputs=1,
+            random=random,
+            summary=summary,
+            paper=paper,
+            check=check,
+        )
+    )
+
+
+_register(task_arithmetic, "Add weighted task vectors (model - base) to the base.",
+          "https://arxiv.org/abs/2212.04089", normalize=False, rescale=False)
+_register(ties, "Trim task vectors to their largest entries, elect signs, merge the agreeing ones.",
+          "https://arxiv.org/abs/2306.01708", normalize=True, rescale=False)
+_register(dare_ties, "Drop task-vector entries at random (DARE), then TIES sign election.",
+          "https://arxiv.org/abs/2311.03099", normalize=False, rescale=True, random=True)
+_register(dare_linear, "Drop task-vector entries at random (DARE), then add the task vectors.",
+          "https://arxiv.org/abs/2311.03099", normalize=False, rescale=True, random=True)
+_register(breadcrumbs, "Drop the largest outliers and the smallest task-vector entries, then add them.",
+          "https://arxiv.org/abs/2312.06795", normalize=False, rescale=False, extra=(_GAMMA,))
+_register(breadcrumbs_ties, "Breadcrumbs sparsification followed by TIES sign election.",
+          "https://arxiv.org/abs/2312.06795", normalize=False, rescale=False, extra=(_GAMMA,))
+_register(della, "Drop entries at random, less likely the larger they are (DELLA), then TIES sign election.",
+          "https://arxiv.org/abs/2406.11617", normalize=True, rescale=True, extra=(_EPSILON,), random=True,
+          check=_check_della)
+_register(della_linear, "Drop entries at random, less likely the larger they are (DELLA), then add them.",
+          "https://arxiv.org/abs/2406.11617", normalize=False, rescale=True, extra=(_EPSILON,), random=True,
+          check=_check_della)
