@@ -64,6 +64,7 @@ class MergePlan:
     num_layers: int
     config_source: int  # index of the model whose config.json the output starts from
     tokenizer_source: int
+    layer_origin: list[int] = field(default_factory=list)  # per output layer: the source layer it came from
 
     @property
     def total_bytes(self) -> int:
@@ -109,6 +110,7 @@ class Planner:
         self.layouts = {r: analyse(models[r].tensors, models[r].config, model=models[r].name) for r in self.refs}
         self.tensors: list[PlannedTensor] = []
         self.seen: set[str] = set()
+        self.layer_origin: list[int] = []
 
     def model_index(self, ref: ModelRef) -> int:
         return self.refs.index(ref)
@@ -148,7 +150,7 @@ class Planner:
 
         tokenizer_ref = self._tokenizer_ref(ref_first)
         return MergePlan(self.spec, self.method, self.sources, self.tensors, out_layer,
-                         self.model_index(ref_first), self.model_index(tokenizer_ref))
+                         self.model_index(ref_first), self.model_index(tokenizer_ref), self.layer_origin)
 
     def _reference(self, g: _Group) -> ModelRef:
         """The model whose tensor names and config shape the output: the base if it is an input."""
@@ -176,6 +178,7 @@ class Planner:
     def _plan_layer(self, g: _Group, offset: int, out_index: int, t: float) -> None:
         ref_src = next(s for s in g.sources if s.model == self._reference(g))
         ref_layer = self.layouts[ref_src.model].layer_tensors(ref_src.layer_range[0] + offset)
+        self.layer_origin.append(ref_src.layer_range[0] + offset)
         for template in ref_layer:
             inputs = []
             for s in g.sources:
@@ -294,10 +297,11 @@ def output_config(plan: MergePlan) -> dict[str, Any]:
     if layout.layer_count_key is not None:
         original = config[layout.layer_count_key]
         config[layout.layer_count_key] = plan.num_layers
-        # Per-layer lists (e.g. layer_types) must follow a changed layer count.
+        # Per-layer lists (e.g. Qwen2's and Gemma2's layer_types) follow the layers actually taken.
         for key, value in list(config.items()):
-            if isinstance(value, list) and len(value) == original and original != plan.num_layers and key.startswith("layer"):
-                config[key] = [value[i % original] for i in range(plan.num_layers)]
+            if (isinstance(value, list) and len(value) == original and key.startswith("layer")
+                    and all(i < original for i in plan.layer_origin)):
+                config[key] = [value[i] for i in plan.layer_origin]
     dtype_names = {v: k for k, v in TORCH_DTYPES.items()}
     out_dtype = plan.tensors[0].dtype if plan.tensors else None
     if out_dtype is not None:

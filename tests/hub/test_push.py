@@ -58,7 +58,7 @@ def _hub_spec(upstream, target=None, unique=False):
     """``unique``: a weight no other test uses, so the output's blobs are new to the server."""
     text = SPEC.format(**upstream)
     if unique:
-        text = text.replace("weight: 0.6", f"weight: {0.6 + next(_weights) / 1e4}")
+        text = text.replace("weight: 0.6", f"weight: {0.3 + next(_weights) / 100}")  # distinct even in bf16
     if target:
         text += f"hubmerge:\n  target: {target}\n"
     return parse_spec(text)

@@ -131,7 +131,11 @@ def families(tmp_path_factory):
 
 @pytest.mark.parametrize("arch, dtype, spec_dtype", VARIANTS, ids=lambda v: str(v))
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_bitwise_equal_to_mergekit(families, tmp_path, name, arch, dtype, spec_dtype):
+def test_bitwise_equal_to_mergekit(families, tmp_path, name, arch, dtype, spec_dtype, request):
+    if arch == "qwen2" and name == "passthrough_frankenmerge":
+        # mergekit 0.1.5 cannot save a Qwen2 config whose layer count changed: it leaves `layer_types` at the
+        # old length and transformers rejects it. Our side of this case is covered in tests/e2e.
+        request.applymarker(pytest.mark.xfail(reason="mergekit 0.1.5 bug: layer_types not resized", strict=True))
     root = families[(arch, dtype)]
     text = SPECS[name] + (f"dtype: {spec_dtype}\n" if spec_dtype else "")
     spec_path = root / f"{name}-{spec_dtype}.yml"

@@ -126,3 +126,15 @@ def test_validate_cli_prints_plan(llama, capsys):
     assert doc["tensors"] == len(doc["plan"]) and doc["layers"] == 4
     up = next(t for t in doc["plan"] if t["name"] == "model.layers.0.mlp.up_proj.weight")
     assert up["base"] == "base" and up["inputs"] == ["base", "chat"] and up["params"]["densities"] == [0.5]
+
+
+def test_per_layer_config_lists_follow_the_source_layers(tmp_path):
+    from hubmerge.merge.plan import output_config
+
+    family(tmp_path, arch="gemma2", layers=4)  # layer_types alternates sliding/full from layer 0
+    plan = _plan("merge_method: passthrough\nslices:\n  - sources: [{model: base, layer_range: [1, 4]}]\n"
+                 "  - sources: [{model: chat, layer_range: [1, 2]}]\n", tmp_path)
+    assert plan.layer_origin == [1, 2, 3, 1]
+    config = output_config(plan)
+    assert config["num_hidden_layers"] == 4
+    assert config["layer_types"] == ["full_attention", "sliding_attention", "full_attention", "full_attention"]
