@@ -62,7 +62,9 @@ def recorded_block(readme: str | None) -> dict:
 def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool | None = None,
          create_pr: bool | None = None, device: str = "cpu", max_shard_size: int | None = None,
          commit_message: str | None = None, base_dir: Path | None = None, show_progress: bool = True,
-         workdir: Path | None = None) -> PushResult:
+         workdir: Path | None = None, parent: str | None = None) -> PushResult:
+    """``parent``: the commit the caller decided from (sync passes the head it checked), so a push that
+    raced with another fails instead of committing on top of it."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     repo_id = target_of(spec, repo_id)
@@ -72,7 +74,11 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         hub.api.create_repo(repo_id, private=private, exist_ok=True)
         hub.api.auth_check(repo_id, write=True)
         refs = hub.api.list_repo_refs(repo_id)
-    parent = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+    head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+    if parent is not None and parent != head:
+        raise HubError(f"committing to {repo_id}: the repo changed since the merge started (another commit landed)",
+                       hint="run again to merge on top of the new head, or use --create-pr")
+    parent = head
     old_readme = existing_card(hub, repo_id, parent)
     old_files = set(hub.api.list_repo_files(repo_id, revision=parent)) if parent else set()
 
@@ -109,9 +115,11 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
             if stale.endswith(WEIGHT_SUFFIXES) or stale in GENERATED_FILES:
                 operations.append(CommitOperationDelete(path_in_repo=stale))
         message = commit_message or f"hubmerge: {spec.merge_method} merge ({result.content_hash[7:19]})"
+        title, _, details = message.partition("\n")
+        description = (details.strip() + "\n\n" if details.strip() else "") + _description(result)
         with hub_errors(f"committing to {repo_id}"):
-            info = hub.api.create_commit(repo_id, operations, commit_message=message,
-                                         commit_description=_description(result), parent_commit=parent,
+            info = hub.api.create_commit(repo_id, operations, commit_message=title,
+                                         commit_description=description, parent_commit=parent,
                                          create_pr=create_pr or None)
     logger.info("pushed %s: %s", repo_id, info.pr_url or info.commit_url)
     return PushResult(repo_id, True, info.oid, info.commit_url, info.pr_url, result.content_hash, result)
