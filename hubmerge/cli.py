@@ -51,6 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hub(p)
     _add_common(p)
 
+    c = sub.add_parser("check", help="has any tracked upstream of a merged repo moved? (exit 0 up to date, 10 stale)")
+    c.add_argument("target", help="Hub repo id of a model pushed by hubmerge")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_hub(c)
+    _add_common(c)
+
+    y = sub.add_parser("sync", help="re-merge and push when a tracked upstream moved; otherwise do nothing")
+    y.add_argument("target", help="Hub repo id of a model pushed by hubmerge")
+    y.add_argument("--create-pr", action="store_true", help="put the re-merge up for review as a Hub pull request")
+    y.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    _add_hub(y)
+    _add_common(y)
+
+    w = sub.add_parser("webhook", help="receive Hub webhooks and re-merge the targets that track the updated repo")
+    wsub = w.add_subparsers(dest="webhook_command", required=True)
+    ws = wsub.add_parser("serve", help="run the webhook receiver")
+    ws.add_argument("--target", action="append", required=True, dest="targets",
+                    help="a merged repo to keep in sync (repeat for several)")
+    ws.add_argument("--secret-env", default="HUBMERGE_WEBHOOK_SECRET",
+                    help="environment variable holding the webhook secret (default: HUBMERGE_WEBHOOK_SECRET)")
+    ws.add_argument("--host", default="127.0.0.1")
+    ws.add_argument("--port", type=int, default=8765)
+    ws.add_argument("--debounce", type=float, default=10.0, help="seconds of quiet before acting (default 10)")
+    ws.add_argument("--dispatch", default=None, metavar="OWNER/REPO",
+                    help="send a GitHub repository_dispatch instead of syncing here (token from GITHUB_TOKEN)")
+    ws.add_argument("--github-api", default="https://api.github.com")
+    ws.add_argument("--create-pr", action="store_true")
+    _add_hub(ws)
+    _add_common(ws)
+
     v = sub.add_parser("validate", help="check a spec against its inputs' headers and print the plan")
     v.add_argument("spec")
     v.add_argument("--max-shard-size", default=None)
@@ -74,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from hubmerge import commands
 
-        return getattr(commands, f"cmd_{args.command}")(args)
+        name = args.command + (f"_{args.webhook_command}" if args.command == "webhook" else "")
+        return getattr(commands, f"cmd_{name}")(args)
     except HubmergeError as exc:
         if args.debug:
             traceback.print_exc()
