@@ -48,6 +48,8 @@ class MergeOptions:
     show_progress: bool = True
     prefetch_bytes: int | None = None
     on_shard: Callable[[Path], None] | None = None  # called with each finished shard (push uploads it)
+    # Write only these shards (one part of a merge split across machines); no config, card or index.
+    only_shards: set[str] | None = None
 
 
 @dataclass
@@ -57,6 +59,9 @@ class MergeResult:
     content_hash: str
     shards: list[str]
     files: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # tensor name -> hex digest (see output.shards)
+    fingerprint: str = ""
+    shard_hashes: dict[str, str] = field(default_factory=dict)  # shard file -> sha256 (its LFS oid)
 
 
 def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None) -> dict[ModelRef, ModelSource]:
@@ -117,8 +122,10 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
             writer = ShardWriter(partial, shards, progress)
             if options.on_shard is not None:
                 writer.on_shard_done = options.on_shard
-            done = {e.name for s in shards if writer.shard_done(s) for e in s.entries}
-            todo = [t for t in plan.tensors if t.name not in done]
+            selected = [s for s in shards if options.only_shards is None or s.filename in options.only_shards]
+            wanted = {e.name for s in selected for e in s.entries}
+            done = {e.name for s in selected if writer.shard_done(s) for e in s.entries}
+            todo = [t for t in plan.tensors if t.name in wanted and t.name not in done]
             if done:
                 logger.info("resuming: %d of %d tensors already written", len(done), len(plan.tensors))
             executor = StreamingExecutor(plan, device=options.device, show_progress=options.show_progress,
@@ -128,10 +135,13 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
             finally:
                 writer.abort()
             digest = content_hash({k: bytes.fromhex(v) for k, v in progress.digests.items()})
-            files = _finalize(plan, partial, shards, digest)
-            if card_writer is not None:
-                card_writer(plan, digest, partial)
-                files.append("README.md")
+            if options.only_shards is None:
+                files = finalize_folder(plan, partial, shards, digest)
+                if card_writer is not None:
+                    card_writer(plan, digest, partial)
+                    files.append("README.md")
+            else:
+                files = [s.filename for s in selected]
             (partial / ".hubmerge-progress.json").unlink(missing_ok=True)
             commit_partial(partial, target)
         except BaseException:
@@ -141,7 +151,8 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
         for m in plan.models:
             m.close()
     logger.info("merged %d tensors into %s (%s)", len(plan.tensors), target, digest)
-    return MergeResult(target.resolve(), plan, digest, [s.filename for s in shards], files)
+    return MergeResult(target.resolve(), plan, digest, [s.filename for s in shards], files,
+                       dict(progress.digests), fingerprint, dict(progress.shards))
 
 
 def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | None:
@@ -165,7 +176,8 @@ def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | Non
     return progress
 
 
-def _finalize(plan: MergePlan, folder: Path, shards, digest: str) -> list[str]:
+def finalize_folder(plan: MergePlan, folder: Path, shards, digest: str) -> list[str]:
+    """Everything beside the shards: index, config, tokenizer and generation files, the recipe."""
     files = [s.filename for s in shards]
     if len(shards) > 1:
         doc = index_document(shards, {"hubmerge_version": __version__, "content_hash": digest})
