@@ -51,8 +51,11 @@ _MEASURE = ("import resource,subprocess,sys,time,json;t=time.perf_counter();"
             "'err':r.stderr.decode()[-2000:]}))")
 
 
-def measure(cmd: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
+def measure(cmd: list[str], cwd: Path) -> dict:
+    # Offline, from the models' folder: mergekit resolves relative model paths against the working directory.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True,
+                         cwd=cwd, env=env)
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{result['err']}")
@@ -94,6 +97,26 @@ def write_bandwidth(folder: Path, nbytes: int) -> float:
     elapsed = time.perf_counter() - t
     path.unlink()
     return elapsed
+
+
+def _fmt_s(v: float | None) -> str:
+    return f"{v:.1f} s" if v is not None else "-"
+
+
+def _fmt_gib(v: float | None) -> str:
+    return f"{v / 2**30:.2f} GiB" if v is not None else "-"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def table_row(r: dict) -> str:
+    hm_s, mk_s = r.get("hubmerge_s"), r.get("mergekit_s")
+    hm_rss, mk_rss = r.get("hubmerge_rss"), r.get("mergekit_rss")
+    cells = [r["method"], _fmt_s(hm_s), _fmt_s(mk_s), _ratio(hm_s, mk_s), _fmt_gib(hm_rss), _fmt_gib(mk_rss),
+             _ratio(hm_rss, mk_rss), _fmt_s(r["bound_s"]), _ratio(hm_s, r["bound_s"])]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -138,7 +161,7 @@ def main() -> None:
                            "--no-write-model-card"] + (["--cuda"] if args.device == "cuda" else [])
                 else:
                     cmd = [str(exe / "hubmerge"), "merge", str(spec), "-o", str(out), "-q", "--device", args.device]
-                times[tool].append(measure(cmd))
+                times[tool].append(measure(cmd, models))
         # the I/O bound: bytes this method must read (all inputs it touches) and write
         n_inputs = 3 if method not in ("slerp",) else 2
         bound = n_inputs * out_bytes / rbw + out_bytes / wbw
@@ -154,11 +177,7 @@ def main() -> None:
     print(f"| method | hubmerge wall | mergekit wall | wall ratio | hubmerge peak RSS | mergekit peak RSS | RSS ratio | I/O bound | hubmerge / bound |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        mk_s, mk_rss = r.get("mergekit_s"), r.get("mergekit_rss")
-        print(f"| {r['method']} | {r['hubmerge_s']:.1f} s | {mk_s and f'{mk_s:.1f} s' or '-'} | "
-              f"{mk_s and f'{r['hubmerge_s'] / mk_s:.2f}x' or '-'} | {r['hubmerge_rss'] / 2**30:.2f} GiB | "
-              f"{mk_rss and f'{mk_rss / 2**30:.2f} GiB' or '-'} | {mk_rss and f'{r['hubmerge_rss'] / mk_rss:.2f}x' or '-'} | "
-              f"{r['bound_s']:.1f} s | {r['hubmerge_s'] / r['bound_s']:.2f}x |")
+        print(table_row(r))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

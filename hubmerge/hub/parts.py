@@ -168,8 +168,9 @@ def push_part(spec: MergeSpec, part: str, number: int, *, hub: Hub, repo_id: str
         result = run_merge(pinned, Path(tmp) / "out", MergeOptions(
             device=device, max_shard_size=max_shard, base_dir=base_dir, show_progress=show_progress,
             on_shard=upload, only_shards={s.filename for s in mine}), hub=hub)
+        oids = {op.path_in_repo: op.upload_info.sha256.hex() for op in uploaded}
         manifest = {"part": f"{i}/{n}", "fingerprint": fingerprint,
-                    "shards": {s.filename: result.shard_hashes[s.filename] for s in mine},
+                    "shards": {s.filename: oids[s.filename] for s in mine},
                     "digests": {e.name: result.digests[e.name] for s in mine for e in s.entries}}
         ops = uploaded + [CommitOperationAdd(part_file(i, n), json.dumps(manifest, indent=1).encode())]
         with hub_errors(f"committing part {i}/{n} to {repo_id}#{number}"):

@@ -8,6 +8,7 @@ whatever the model size.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from hubmerge.errors import HubmergeError, MergeError
 from hubmerge.merge.plan import MergePlan, PlannedTensor
+from hubmerge.sources.readers import POOL
 from hubmerge.sources.safetensors_format import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -71,16 +73,28 @@ def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: 
     return out
 
 
+def _recycle(loaded: _Loaded, result: torch.Tensor) -> None:
+    """Hand input buffers back to the read pool, unless the result still uses one (e.g. passthrough)."""
+    keep = result._base if result._base is not None else result
+    for t in ([loaded.base] if loaded.base is not None else []) + loaded.others:
+        base = t._base if t._base is not None else t
+        if base.data_ptr() != keep.data_ptr() and t.device.type == "cpu":
+            POOL.give(t)
+
+
 class StreamingExecutor:
     """Reads ahead (bounded by bytes), merges in order, hands results to ``sink`` on a writer thread."""
 
     def __init__(self, plan: MergePlan, *, device: str = "cpu", prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
-                 read_threads: int = 4, show_progress: bool = True):
+                 read_threads: int = 4, show_progress: bool = True, math_threads: int | None = None):
         self.plan = plan
         self.device = pick_device(device)
         self.prefetch_bytes = prefetch_bytes
         self.read_threads = read_threads
         self.show_progress = show_progress
+        # One core is left to reading, writing and hashing, which run beside the math; torch's own
+        # threads spin-wait and collapse when they oversubscribe the cores.
+        self.math_threads = math_threads or max(1, (os.cpu_count() or 2) - 1)
 
     def _read(self, item: PlannedTensor) -> _Loaded:
         models = self.plan.models
@@ -96,6 +110,8 @@ class StreamingExecutor:
                 expect([i.info for item in items for i in item.inputs if i.model == index])
         bar = tqdm(total=sum(i.nbytes for i in items), unit="B", unit_scale=True, desc="Merging",
                    disable=not self.show_progress)
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(self.math_threads)
         out_q: queue.Queue = queue.Queue(maxsize=2)
         writer_error: list[BaseException] = []
         stop = threading.Event()
@@ -135,6 +151,7 @@ class StreamingExecutor:
                     loaded = future.result()
                     inflight -= sum(i.info.nbytes for i in item.inputs)
                     result = merge_tensor(self.plan, item, loaded, self.device)
+                    _recycle(loaded, result)
                     del loaded
                     if stop.is_set():
                         break
@@ -147,5 +164,6 @@ class StreamingExecutor:
             out_q.put(None)
             wthread.join()
             bar.close()
+            torch.set_num_threads(saved_threads)
         if writer_error:
             raise writer_error[0]

@@ -21,7 +21,7 @@ from hubmerge.output.shards import (
     ShardEntry,
     ShardWriter,
     content_hash,
-    file_sha256,
+    shard_digests,
     index_document,
     layout_shards,
 )
@@ -61,7 +61,6 @@ class MergeResult:
     files: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # tensor name -> hex digest (see output.shards)
     fingerprint: str = ""
-    shard_hashes: dict[str, str] = field(default_factory=dict)  # shard file -> sha256 (its LFS oid)
 
 
 def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None) -> dict[ModelRef, ModelSource]:
@@ -152,7 +151,7 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
             m.close()
     logger.info("merged %d tensors into %s (%s)", len(plan.tensors), target, digest)
     return MergeResult(target.resolve(), plan, digest, [s.filename for s in shards], files,
-                       dict(progress.digests), fingerprint, dict(progress.shards))
+                       dict(progress.digests), fingerprint)
 
 
 def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | None:
@@ -163,11 +162,11 @@ def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | Non
             p.unlink() if p.is_file() else None
         return None
     for shard in shards:
-        recorded = progress.shards.get(shard.filename)
-        path = partial / shard.filename
-        if recorded is None:
+        if not progress.shards.get(shard.filename):
             continue
-        if not path.is_file() or file_sha256(path) != recorded:
+        path = partial / shard.filename
+        found = shard_digests(path, shard)
+        if found is None or any(progress.digests.get(name) != digest for name, digest in found.items()):
             logger.warning("%s is missing or changed; it will be written again", shard.filename)
             del progress.shards[shard.filename]
             for e in shard.entries:

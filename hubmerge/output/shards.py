@@ -2,8 +2,9 @@
 
 Every output tensor's name, dtype and shape is known from the plan, so each shard's header is written
 first and tensor bytes are streamed behind it: nothing is buffered beyond the tensor being written.
-Shards are written as ``<name>.partial`` and renamed once complete and fsynced, with their SHA-256
-recorded in a progress file, which is what ``--resume`` trusts.
+Shards are written as ``<name>.partial`` and renamed once complete and fsynced, and recorded in a
+progress file with the digest of every tensor in them; ``--resume`` re-reads a finished shard and checks
+those digests before trusting it.
 """
 
 from __future__ import annotations
@@ -101,12 +102,24 @@ def content_hash(digests: dict[str, bytes]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+def shard_digests(path: Path, shard: Shard) -> dict[str, str] | None:
+    """Digests of the tensors in a finished shard file, or None if it is not exactly the planned shard."""
+    header = shard.header()
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(header)) != header:
+                return None
+            out = {}
+            for e in shard.entries:
+                data = f.read(e.nbytes)
+                if len(data) != e.nbytes:
+                    return None
+                out[e.name] = tensor_digest(e.name, e.dtype, e.shape, data).hex()
+            if f.read(1):
+                return None
+    except OSError:
+        return None
+    return out
 
 
 class Progress:
@@ -115,7 +128,7 @@ class Progress:
     def __init__(self, folder: Path, fingerprint: str):
         self.path = folder / PROGRESS_NAME
         self.fingerprint = fingerprint
-        self.shards: dict[str, str] = {}  # filename -> sha256
+        self.shards: dict[str, bool] = {}  # filename -> finished
         self.digests: dict[str, str] = {}  # tensor name -> hex digest
 
     @classmethod
@@ -148,7 +161,6 @@ class ShardWriter:
         self.progress = progress
         self._shard_of = {e.name: (i, s) for i, s in enumerate(shards) for e in s.entries}
         self._file = None
-        self._hash = None
         self._current: int | None = None
         self._remaining: list[str] = []
 
@@ -168,7 +180,6 @@ class ShardWriter:
         if len(data) != entry.nbytes:
             raise OutputError(f"tensor '{name}': {len(data)} bytes, planned {entry.nbytes}")
         self._file.write(data)
-        self._hash.update(data)
         self.progress.digests[name] = tensor_digest(name, entry.dtype, entry.shape, data).hex()
         self._remaining.pop(0)
         if not self._remaining:
@@ -179,9 +190,7 @@ class ShardWriter:
             raise OutputError(f"internal error: {self.shards[self._current].filename} left incomplete")
         path = self.folder / (shard.filename + ".partial")
         self._file = open(path, "wb", buffering=1 << 20)
-        header = shard.header()
-        self._file.write(header)
-        self._hash = hashlib.sha256(header)
+        self._file.write(shard.header())
         self._current = index
         self._remaining = [e.name for e in shard.entries]
 
@@ -192,7 +201,7 @@ class ShardWriter:
         self._file = None
         self._current = None
         os.replace(self.folder / (shard.filename + ".partial"), self.folder / shard.filename)
-        self.progress.shards[shard.filename] = self._hash.hexdigest()
+        self.progress.shards[shard.filename] = True
         self.progress.save()
         logger.debug("wrote %s", shard.filename)
         on_done = getattr(self, "on_shard_done", None)

@@ -23,6 +23,38 @@ class TensorReader(Protocol):
     def close(self) -> None: ...
 
 
+class BufferPool:
+    """Recycles read buffers. Fresh large allocations are page-faulted and zeroed by the kernel on every
+    use; a merge reads tensors of a handful of sizes over and over, so reusing buffers saves that work."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            best = None
+            for i, buf in enumerate(self._free):
+                if buf.numel() >= nbytes and (best is None or buf.numel() < self._free[best].numel()):
+                    best = i
+            if best is not None and self._free[best].numel() <= 2 * nbytes:
+                return self._free.pop(best)[:nbytes]
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def give(self, tensor: torch.Tensor) -> None:
+        """Return the buffer behind a tensor that ``take`` handed out (and nothing else refers to)."""
+        base = tensor._base if tensor._base is not None else tensor
+        if base.dtype != torch.uint8 or base.device.type != "cpu":
+            return
+        with self._lock:
+            if sum(b.numel() for b in self._free) + base.numel() <= self.max_bytes:
+                self._free.append(base)
+
+
+POOL = BufferPool()
+
+
 def tensor_from_bytes(buf: torch.Tensor, info: TensorInfo) -> torch.Tensor:
     """View a uint8 buffer as the tensor ``info`` describes (no copy)."""
     if info.numel == 0:
@@ -55,7 +87,7 @@ class LocalFileReader:
             return fd
 
     def read(self, info: TensorInfo) -> torch.Tensor:
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        buf = POOL.take(info.nbytes)
         if info.nbytes:
             view = memoryview(buf.numpy())
             fd = self._fd(info.file)

@@ -27,13 +27,30 @@ def linear(
         raise ValueError(f"weight: expected {len(others)} values (one per input), got {len(weights)}")
     dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     coefficients = torch.tensor([list(weights)], dtype=dtype, device=first.device)  # [1, inputs], as mergekit
-    shape = (1,) * first.dim()
-    result = torch.zeros_like(first, dtype=dtype)
-    for tensor, coefficient in zip(others, coefficients.unbind(1)):
-        result.addcmul_(tensor, coefficient.reshape(shape))
-    if normalize:
-        result.div_(coefficients.sum(dim=1).reshape(shape))
-    return result.to(first.dtype)
+    per_input = [c.reshape(1) for c in coefficients.unbind(1)]
+    total = coefficients.sum(dim=1).reshape(1)
+    flat_inputs = [t.reshape(-1) for t in others]
+    out = torch.empty(first.numel(), dtype=first.dtype, device=first.device)
+    # Elementwise, so computing it in cache-sized chunks performs exactly the same operations per element
+    # (bit-identical) while the float32 accumulator never leaves the CPU cache: memory traffic drops from
+    # ~40 to ~8 bytes per element.
+    step = _CHUNK if first.device.type == "cpu" else max(first.numel(), 1)
+    acc = torch.empty(min(step, first.numel()), dtype=dtype, device=first.device)
+    widened = torch.empty_like(acc)
+    for start in range(0, first.numel(), step):
+        end = min(start + step, first.numel())
+        a, w = acc[: end - start], widened[: end - start]
+        a.zero_()
+        for tensor, coefficient in zip(flat_inputs, per_input):
+            w.copy_(tensor[start:end])
+            a.addcmul_(w, coefficient)
+        if normalize:
+            a.div_(total)
+        out[start:end].copy_(a)
+    return out.reshape(first.shape)
+
+
+_CHUNK = 1 << 20  # 1M elements: 4 MiB of float32 accumulator, 8 MiB with the widened input
 
 
 register(
