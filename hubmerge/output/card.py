@@ -1,40 +1,141 @@
-"""The model card (README.md) of a merge: Hub metadata, what was merged and how to rebuild it."""
+"""The model card (README.md) of a merge: Hub metadata, what was merged and how to rebuild it.
+
+Front matter: ``base_model`` (every Hub parent), ``base_model_relation: merge``, tags, the license policy
+(inherited when every parent agrees, ``other`` plus a table otherwise, ``hubmerge.license`` overrides),
+``library_name``, ``pipeline_tag`` (the base's), and our ``hubmerge:`` block: the recipe pinned to commit
+SHAs, the content hash of the output tensors, versions, device class and dtype.
+
+Body, between BEGIN/END markers so a re-push replaces only our section: title and summary, the method and
+its paper, the sources table, the lineage graph (Mermaid plus a plain list), the recipe, the commands
+that reproduce and verify it, and a transformers snippet.
+"""
 
 from __future__ import annotations
 
+import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hubmerge import __version__
+from hubmerge.errors import HubmergeError
 from hubmerge.merge.plan import MergePlan
 from hubmerge.spec.yamlio import dump_yaml
 
+if TYPE_CHECKING:
+    from hubmerge.output.lineage import CardInfo, Lineage
+
+logger = logging.getLogger(__name__)
+
 BEGIN = "<!-- hubmerge:begin -->"
 END = "<!-- hubmerge:end -->"
+PROJECT_URL = "https://github.com/org/hubmerge"
+OTHER = "other"
 
 
-def card_metadata(plan: MergePlan, digest: str, *, device: str = "cpu") -> dict[str, Any]:
-    spec = plan.spec
-    hub_ids = [m.name for m in plan.models if m.is_hub]
-    tags = ["merge", "hubmerge", spec.merge_method]
-    if plan.method.in_mergekit:
-        tags.insert(1, "mergekit")
-    meta: dict[str, Any] = {}
-    if hub_ids:
-        meta["base_model"] = hub_ids
-        meta["base_model_relation"] = "merge"
-    meta["library_name"] = "transformers"
-    meta["tags"] = tags
-    if spec.hubmerge.license:
-        meta["license"] = spec.hubmerge.license
-    meta["hubmerge"] = pinned_recipe_block(plan, digest, device=device)
-    return meta
+# ---------------------------------------------------------------------------------------------
+# What the parents' cards say
 
 
-def pinned_recipe_block(plan: MergePlan, digest: str, *, device: str = "cpu") -> dict[str, Any]:
+@dataclass
+class ParentCard:
+    """One input model of a merge and its own card."""
+
+    name: str  # Hub repo id or local path, as the recipe names it
+    revision: str | None  # pinned commit SHA (Hub) or None (local)
+    is_hub: bool
+    info: CardInfo
+    folder: Path | None = None  # local models: where the merge found it
+
+    @property
+    def license(self) -> str | None:
+        value = self.info.meta.get("license")
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else None
+        return str(value) if isinstance(value, (str, int, float)) and str(value).strip() else None
+
+    @property
+    def license_name(self) -> str | None:
+        return self.info.meta.get("license_name") if isinstance(self.info.meta.get("license_name"), str) else None
+
+    @property
+    def license_link(self) -> str | None:
+        return self.info.meta.get("license_link") if isinstance(self.info.meta.get("license_link"), str) else None
+
+    @property
+    def pipeline_tag(self) -> str | None:
+        tag = self.info.meta.get("pipeline_tag")
+        return tag if isinstance(tag, str) and tag else None
+
+
+def _read_text(model, name: str) -> str | None:
+    try:
+        data = model.read_file(name)
+    except HubmergeError as exc:
+        logger.warning("%s: cannot read %s (%s)", model.name, name, exc.message)
+        return None
+    return data.decode("utf-8", errors="replace") if data is not None else None
+
+
+def parent_cards(plan: MergePlan) -> list[ParentCard]:
+    """The card of every input model (read through the Hub facade or from the local folder), by name."""
+    from hubmerge.output.lineage import MERGEKIT_CONFIG, card_info, find_recipe
+
+    out: dict[str, ParentCard] = {}
+    for m in plan.models:
+        if m.name in out:
+            continue
+        try:
+            files = list(m.list_files())
+        except HubmergeError:
+            files = []
+        info = card_info(_read_text(m, "README.md"), files, source=f"{m.name}/README.md")
+        if find_recipe(info) is None and MERGEKIT_CONFIG in files:
+            info = card_info(_read_text(m, "README.md"), files, _read_text(m, MERGEKIT_CONFIG),
+                             source=f"{m.name}/README.md")
+        folder = None if m.is_hub else getattr(m.reader, "root", None)
+        out[m.name] = ParentCard(m.name, m.revision if m.is_hub else None, m.is_hub, info,
+                                 Path(folder) if folder is not None else None)
+    return list(out.values())
+
+
+@dataclass
+class LicenseDecision:
+    metadata: dict[str, str]  # license (+ license_name/license_link when inherited as "other")
+    table: list[tuple[str, str | None]]  # (parent, its license) when the parents do not all agree
+    mixed: bool  # parents differ or some are unknown
+
+
+def decide_license(override: str | None, parents: list[ParentCard]) -> LicenseDecision:
+    """All parents agree on one known license: inherit it (with license_name/link for a shared 'other').
+    Otherwise 'other' plus a table of the parents' licenses. An explicit override always wins."""
+    licenses = [(p.name, p.license) for p in parents]
+    known = {lic for _, lic in licenses if lic is not None}
+    if parents and len(known) == 1 and all(lic is not None for _, lic in licenses):
+        lic = next(iter(known))
+        meta = {"license": lic}
+        agree = True
+        if lic == OTHER:  # custom licenses: the same only if they name the same one
+            names = {p.license_name for p in parents}
+            links = {p.license_link for p in parents}
+            agree = len(names) == 1 and len(links) == 1
+            if agree and None not in names:
+                meta["license_name"] = next(iter(names))
+            if agree and None not in links:
+                meta["license_link"] = next(iter(links))
+        if agree:
+            return LicenseDecision({"license": override} if override else meta, [], False)
+    return LicenseDecision({"license": override or OTHER}, licenses, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+
+def pinned_recipe_block(plan: MergePlan, digest: str | None, *, device: str = "cpu") -> dict[str, Any]:
     """The recipe with every Hub source pinned to its commit SHA, plus what is needed to verify it."""
     import safetensors
     import torch
@@ -60,37 +161,211 @@ def pinned_recipe_block(plan: MergePlan, digest: str, *, device: str = "cpu") ->
     }
 
 
-def render_card(plan: MergePlan, digest: str, *, title: str, device: str = "cpu") -> str:
-    meta = card_metadata(plan, digest, device=device)
+def _base_parent(plan: MergePlan, parents: list[ParentCard]) -> ParentCard | None:
+    by_name = {p.name: p for p in parents}
     spec = plan.spec
-    lines = [BEGIN, f"# {title}", "",
-             f"This model is a merge made with [hubmerge](https://github.com/org/hubmerge) using the "
-             f"**{spec.merge_method}** method.", "", "## Sources", "",
-             "| model | revision |", "|---|---|"]
-    for m in plan.models:
-        rev = m.revision[:12] if m.revision else "local"
-        lines.append(f"| {m.name} | {rev} |")
-    lines += ["", "## Recipe", "", "```yaml", dump_yaml(meta["hubmerge"]["recipe"]).rstrip(), "```", "",
-              f"Content hash of the merged tensors: `{digest}`", "", END]
+    if spec.base_model is not None and spec.base_model.path in by_name:
+        return by_name[spec.base_model.path]
+    if plan.models:
+        return by_name.get(plan.models[plan.config_source].name)
+    return None
+
+
+def card_metadata(plan: MergePlan, digest: str | None, *, device: str = "cpu",
+                  parents: list[ParentCard] | None = None, warn: bool = True) -> dict[str, Any]:
+    spec = plan.spec
+    parents = parent_cards(plan) if parents is None else parents
+    hub_ids = list(dict.fromkeys(m.name for m in plan.models if m.is_hub))
+    tags = ["merge", "hubmerge", spec.merge_method]
+    if plan.method.in_mergekit:
+        tags.insert(1, "mergekit")
+    decision = decide_license(spec.hubmerge.license, parents)
+    if decision.mixed and not spec.hubmerge.license and warn:
+        logger.warning("the parents' licenses %s; the card says 'license: other' with a table of them. "
+                       "Set 'hubmerge: {license: ...}' in the spec once you know the license that applies",
+                       _license_summary(decision.table))
+    meta: dict[str, Any] = dict(decision.metadata)
+    if hub_ids:
+        meta["base_model"] = hub_ids
+        meta["base_model_relation"] = "merge"
+    meta["library_name"] = "transformers"
+    base = _base_parent(plan, parents)
+    if base is not None and base.pipeline_tag:
+        meta["pipeline_tag"] = base.pipeline_tag
+    meta["tags"] = list(dict.fromkeys(tags))
+    meta["hubmerge"] = pinned_recipe_block(plan, digest, device=device)
+    return meta
+
+
+def _license_summary(table: list[tuple[str, str | None]]) -> str:
+    known = {lic for _, lic in table if lic}
+    unknown = [name for name, lic in table if not lic]
+    parts = []
+    if len(known) > 1:
+        parts.append("differ (" + ", ".join(f"{n}: {lic}" for n, lic in table if lic) + ")")
+    if unknown:
+        parts.append("are unknown for " + ", ".join(unknown))
+    return " and ".join(parts) or "are unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# Body
+
+
+def _link(name: str, revision: str | None, endpoint: str) -> str:
+    if revision:
+        return f"[{name}]({endpoint}/{name}/tree/{revision})"
+    return f"`{name}`"
+
+
+def _method_line(plan: MergePlan) -> str:
+    from hubmerge.merge.methods import get_method
+
+    try:
+        method = get_method(plan.spec.merge_method)
+    except KeyError:
+        method = plan.method
+    text = f"**{method.name}**"
+    if method.summary:
+        text += f": {method.summary.rstrip('.')}."
+    if method.paper:
+        label = "paper" if "arxiv.org" in method.paper else "reference"
+        text += f" ([{label}]({method.paper}))"
+    return text
+
+
+def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str = "cpu",
+                repo_id: str | None = None, hub: Any = None, endpoint: str | None = None,
+                parents: list[ParentCard] | None = None, lineage: Lineage | None = None,
+                lineage_depth: int | None = None, warn: bool = True) -> str:
+    """The whole README.md: front matter plus our delimited section."""
+    from hubmerge.output.lineage import format_params, format_setting, recipe_parents
+
+    if endpoint is None:
+        endpoint = getattr(hub, "endpoint", None)
+    if endpoint is None:
+        from hubmerge.hub.client import default_endpoint
+
+        endpoint = default_endpoint()
+    endpoint = endpoint.rstrip("/")
+    parents = parent_cards(plan) if parents is None else parents
+    meta = card_metadata(plan, digest, device=device, parents=parents, warn=warn)
+    block = meta["hubmerge"]
+    recipe = block["recipe"]
+    spec = plan.spec
+    by_name = {p.name: p for p in parents}
+    sources = recipe_parents(recipe)
+    base = next((s for s in sources if "base" in s.roles), None)
+    others = [s for s in sources if s is not base]
+
+    lines = [BEGIN, f"# {title}", ""]
+    summary = (f"A **{spec.merge_method}** merge of {len(sources)} model{'s' if len(sources) != 1 else ''}"
+               + (f" on top of `{base.path}`" if base is not None else "")
+               + f", made with [hubmerge]({PROJECT_URL}).")
+    if others:
+        summary += " Merged: " + ", ".join(f"`{s.path}`" for s in others) + "."
+    lines += [summary, "", "## Method", "", _method_line(plan)]
+    shared = recipe.get("parameters")
+    if isinstance(shared, dict) and shared:
+        lines += ["", "Shared parameters: " + ", ".join(f"`{k}={format_setting(v)}`" for k, v in shared.items())
+                  + "."]
+    dtype_bits = [f"`dtype: {recipe['dtype']}`" if recipe.get("dtype") else None,
+                  f"`out_dtype: {recipe['out_dtype']}`" if recipe.get("out_dtype") else None]
+    if any(dtype_bits):
+        lines += ["", "Computed in " + " and ".join(b for b in dtype_bits if b) + "."]
+
+    lines += ["", "## Sources", "", "| model | role | revision | license | parameters |", "|---|---|---|---|---|"]
+    for s in sources:
+        parent = by_name.get(s.path)
+        is_hub = parent.is_hub if parent is not None else bool(s.revision)
+        revision = s.revision if is_hub else None
+        role = "base" if "base" in s.roles else ("slice" if "slice" in s.roles else "model")
+        params = format_params(s.params)
+        if s.layers:
+            params = ", ".join(filter(None, ["layers " + ", ".join(f"{a}-{b}" for a, b in s.layers), params]))
+        license_ = (parent.license if parent is not None else None) or "unknown"
+        cells = [_link(s.path, revision, endpoint), role, f"`{revision[:12]}`" if revision else "local", license_,
+                 params or "—"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+
+    decision = decide_license(spec.hubmerge.license, parents)
+    if decision.table:
+        lines += ["", "## License", ""]
+        if spec.hubmerge.license:
+            lines.append(f"The license `{spec.hubmerge.license}` was set in the recipe. The parents' licenses:")
+        else:
+            lines.append("The parents do not share one known license, so this card says `license: other`. "
+                         "Check each parent's terms before using or redistributing this model:")
+        lines += ["", "| parent | license |", "|---|---|"]
+        lines += [f"| `{name}` | {lic or 'unknown'} |" for name, lic in decision.table]
+
+    lines += ["", "## Lineage", ""]
+    if lineage is None:
+        lineage = _lineage_for(title if repo_id is None else repo_id, recipe, parents, hub, lineage_depth)
+    if lineage is not None:
+        lines += ["```mermaid", lineage.to_mermaid().rstrip(), "```", "", lineage.to_markdown().rstrip()]
+    else:
+        lines.append("(not available)")
+
+    lines += ["", "## Recipe", "", "Every Hub model is pinned to the commit it was merged from:", "",
+              "```yaml", dump_yaml(recipe).rstrip(), "```", ""]
+    target = repo_id or "<this repo or folder>"
+    commands = [(f"hubmerge reproduce {target} -o {title}", "run the pinned recipe again"),
+                (f"hubmerge verify {target}", "re-merge, compare with the content hash below")]
+    width = max(len(c) for c, _ in commands) + 2
+    lines += ["## Reproduce", "", "```bash", "pip install hubmerge"]
+    lines += [f"{c:<{width}}# {why}" for c, why in commands] + ["```", ""]
+    if digest:
+        lines.append(f"Content hash of the merged tensors (independent of sharding): `{digest}`.")
+    else:
+        lines.append("Content hash: not computed (this card was generated from the recipe without merging).")
+    versions = block["versions"]
+    lines += [f"Merged on {block['device']} in {block['dtype'] or 'the input dtype'} with hubmerge "
+              f"{versions['hubmerge']}, torch {versions['torch']}, safetensors {versions['safetensors']}.", ""]
+    model_id = repo_id or title
+    lines += ["## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f'model_id = "{model_id}"', "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+              'model = AutoModelForCausalLM.from_pretrained(model_id, torch_dtype="auto")',
+              'inputs = tokenizer("The merged model says", return_tensors="pt")',
+              "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))", "```", "", END]
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     return f"---\n{front}---\n\n" + "\n".join(lines) + "\n"
 
 
-def write_card(plan: MergePlan, digest: str, folder: Path, *, title: str | None = None,
-               existing: str | None = None, device: str = "cpu") -> None:
-    card = render_card(plan, digest, title=title or folder.name, device=device)
+def _lineage_for(root_name: str, recipe: dict[str, Any], parents: list[ParentCard], hub: Any,
+                 depth: int | None) -> Lineage | None:
+    from hubmerge.output.lineage import DEFAULT_DEPTH, CardInfo, LineageBuilder, parents_of
+
+    links = parents_of(CardInfo({"hubmerge": {"recipe": recipe}}, ""))
+    known = {p.name: (p.revision, p.info, p.folder) for p in parents}
+    try:
+        return LineageBuilder(hub, depth=DEFAULT_DEPTH if depth is None else depth).from_parents(
+            root_name, links, known)
+    except HubmergeError as exc:  # the card must not fail a finished merge
+        logger.warning("lineage left out of the card: %s", exc.message)
+        return None
+
+
+def write_card(plan: MergePlan, digest: str | None, folder: Path, *, title: str | None = None,
+               existing: str | None = None, device: str = "cpu", repo_id: str | None = None,
+               hub: Any = None) -> str:
+    card = render_card(plan, digest, title=title or folder.name, device=device, repo_id=repo_id, hub=hub)
     if existing:
         card = update_readme(existing, card)
     (folder / "README.md").write_text(card, encoding="utf-8")
+    return card
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and updating READMEs
 
 
 OUR_KEYS = ("base_model", "base_model_relation", "library_name", "hubmerge")
+USER_WINS = ("license", "license_name", "license_link", "pipeline_tag")  # an existing value is kept
 
 
 def split_front_matter(text: str, *, source: str = "README.md") -> tuple[dict[str, Any], str]:
     """(metadata, body) of a README; a README without front matter has empty metadata."""
-    from hubmerge.errors import HubmergeError
-
     if not text.startswith("---"):
         return {}, text
     lines = text.splitlines(keepends=True)
@@ -112,14 +387,20 @@ def update_readme(existing: str, generated: str) -> str:
     old_meta, old_body = split_front_matter(existing)
     new_meta, new_body = split_front_matter(generated)
     meta = dict(old_meta)
+    recipe = (new_meta.get("hubmerge") or {}).get("recipe") or {}
+    explicit_license = bool((recipe.get("hubmerge") or {}).get("license")) if isinstance(recipe, dict) else False
+    if explicit_license:
+        for key in ("license_name", "license_link"):
+            meta.pop(key, None)
     for key in OUR_KEYS:
         meta.pop(key, None)
     for key, value in new_meta.items():
         if key == "tags":
             user_tags = [t for t in (old_meta.get("tags") or []) if t not in value]
             meta["tags"] = list(value) + user_tags
-        elif key == "license" and "license" in old_meta:
-            continue  # the user's explicit license wins over the inherited one
+        elif key in USER_WINS and not (key.startswith("license") and explicit_license) and (
+                key in old_meta or (key != "pipeline_tag" and "license" in old_meta)):
+            continue  # the user's license / pipeline wins over the inherited one (not over the spec's)
         else:
             meta[key] = value
     section = new_body.strip("\n")
