@@ -1,0 +1,235 @@
+"""The lineage graph of a pushed merge, drawn server-side as SVG by a small pure-Python renderer.
+
+No graphviz, no network, no JavaScript: a layered layout (ancestors on top, the merge at the bottom),
+boxes sized from their text, curved edges with arrowheads.
+
+The graph is hubmerge's own (``hubmerge.output.lineage``: the family tree read from cards, several hops
+deep) when that module is there, converted by ``from_lineage``; otherwise ``lineage_graph`` builds a
+smaller one from the pushed card alone: its ``hubmerge.recipe`` names every parent pinned to a commit
+(and the branch it tracks), and each parent's own card may name its ``base_model`` (one more hop).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from xml.sax.saxutils import escape
+
+from hubmerge.spec.model import ModelRef
+from hubmerge.spec.pin import map_model_refs
+
+MAX_NODES = 24
+MAX_LABEL = 34
+
+
+@dataclass
+class Node:
+    id: str
+    title: str
+    subtitle: str = ""
+    kind: str = "parent"  # "output", "base", "parent", "ancestor" or "missing"
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, label)
+
+    def add(self, node: Node) -> Node:
+        return self.nodes.setdefault(node.id, node)
+
+    def link(self, src: str, dst: str, label: str = "") -> None:
+        if (src, dst, label) not in self.edges and src != dst:
+            self.edges.append((src, dst, label))
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def lineage_graph(target: str, meta: dict[str, Any], *, method: str | None = None,
+                  parent_card: Callable[[str, str | None], dict[str, Any] | None] | None = None) -> Graph:
+    """``meta``: the pushed card's front matter. ``parent_card(repo, sha)`` returns a parent's front matter
+    (or None) for the second hop."""
+    block = meta.get("hubmerge") if isinstance(meta.get("hubmerge"), dict) else {}
+    recipe = block.get("recipe") if isinstance(block.get("recipe"), dict) else {}
+    method = method or recipe.get("merge_method") or "merge"
+    options = recipe.get("hubmerge") if isinstance(recipe.get("hubmerge"), dict) else {}
+    track = options.get("track") if isinstance(options.get("track"), dict) else {}
+    graph = Graph()
+    digest = str(block.get("content_hash") or "")
+    graph.add(Node(target, target, f"{method} · {digest[7:19]}" if digest.startswith("sha256:") else method,
+                   "output"))
+    base_ref: list[ModelRef] = []
+    refs: list[ModelRef] = []
+
+    def collect(ref: ModelRef) -> ModelRef:
+        if ref not in refs:
+            refs.append(ref)
+        return ref
+
+    if recipe:
+        if recipe.get("base_model") is not None:
+            map_model_refs({"base_model": recipe["base_model"]}, lambda r: base_ref.append(r) or r)
+        map_model_refs(recipe, collect)
+    else:
+        refs = [ModelRef(name) for name in _as_list(meta.get("base_model"))]
+    base_paths = {r.path for r in base_ref}
+    for ref in refs:
+        if len(graph.nodes) >= MAX_NODES:
+            break
+        sub = ref.revision[:12] if ref.revision else "local"
+        if ref.path in track:
+            sub += f" · tracks {track[ref.path]}"
+        is_base = ref.path in base_paths
+        graph.add(Node(ref.path, ref.path, sub, "base" if is_base else "parent"))
+        graph.link(ref.path, target, "base" if is_base else "")
+    if parent_card is not None:
+        for ref in list(refs):
+            try:
+                card = parent_card(ref.path, ref.revision)
+            except Exception:  # noqa: BLE001 - the second hop is decoration; never fail a result on it
+                card = None
+            for name in _as_list((card or {}).get("base_model")):
+                if len(graph.nodes) >= MAX_NODES:
+                    break
+                graph.add(Node(name, name, "", "ancestor"))  # a parent that is also an ancestor keeps its kind
+                graph.link(name, ref.path, str((card or {}).get("base_model_relation") or ""))
+    return graph
+
+
+def _short(text: str, limit: int = MAX_LABEL) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def from_lineage(lineage: Any, *, subtitle: str = "") -> Graph:
+    """hubmerge's ``Lineage`` (nodes keyed by id, edges child -> parent with labels) as a drawable graph."""
+    graph = Graph()
+    first = {e.parent: e for e in reversed(lineage.edges)}  # the first edge naming each parent
+    for key, node in list(lineage.nodes.items())[:MAX_NODES]:
+        if key == lineage.root:
+            kind, sub = "output", subtitle or (node.revision or "")[:12]
+        elif node.status != "ok":
+            kind, sub = "missing", _short(node.note or node.status)
+        else:
+            edge = first.get(key)
+            is_base = edge is not None and edge.child == lineage.root and "base" in edge.label.split("(")[-1]
+            kind = "base" if is_base else ("parent" if node.depth <= 1 else "ancestor")
+            sub = (node.revision or "")[:12] or ("local" if node.kind == "local" else "")
+        graph.add(Node(key, _short(node.name, 60), sub, kind))
+    for e in lineage.edges:
+        if e.parent in graph.nodes and e.child in graph.nodes:
+            graph.link(e.parent, e.child, _short(e.label + (" (cycle)" if e.cycle else "")))
+    return graph
+
+
+# ---------------------------------------------------------------------------------------------------
+# layout and SVG
+
+FONT = 13
+SMALL = 11
+CHAR_W = 7.4  # average advance of the sans-serif font at FONT px, generous
+SMALL_W = 6.3
+PAD_X, BOX_H, GAP_X, GAP_Y, MARGIN = 14, 46, 28, 64, 16
+FILL = {"output": "#fde68a", "base": "#ddd6fe", "parent": "#e0f2fe", "ancestor": "#f3f4f6", "missing": "#ffffff"}
+STROKE = {"output": "#b45309", "base": "#6d28d9", "parent": "#0369a1", "ancestor": "#6b7280", "missing": "#9ca3af"}
+
+
+def _layers(graph: Graph) -> list[list[str]]:
+    """Longest distance to a sink (the merge), so every edge points downwards."""
+    children: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for src, dst, _ in graph.edges:
+        if src in children and dst in graph.nodes:
+            children[src].append(dst)
+    depth: dict[str, int] = {}
+
+    def height(node: str, seen: frozenset) -> int:
+        if node in depth:
+            return depth[node]
+        kids = [k for k in children[node] if k not in seen]
+        depth[node] = 0 if not kids else 1 + max(height(k, seen | {node}) for k in kids)
+        return depth[node]
+
+    for node in graph.nodes:
+        height(node, frozenset())
+    top = max(depth.values(), default=0)
+    rows: list[list[str]] = [[] for _ in range(top + 1)]
+    for node in graph.nodes:  # insertion order keeps base first, then spec order
+        rows[top - depth[node]].append(node)
+    return rows
+
+
+def _box_width(node: Node) -> float:
+    return max(len(node.title) * CHAR_W, len(node.subtitle) * SMALL_W, 60) + 2 * PAD_X
+
+
+def render_svg(graph: Graph) -> str:
+    rows = _layers(graph)
+    widths = {n: _box_width(graph.nodes[n]) for n in graph.nodes}
+    row_w = [sum(widths[n] for n in row) + GAP_X * (len(row) - 1) for row in rows]
+    width = max(row_w, default=100) + 2 * MARGIN
+    legend_h = 22
+    height = len(rows) * BOX_H + (len(rows) - 1) * GAP_Y + 2 * MARGIN + legend_h
+    pos: dict[str, tuple[float, float]] = {}
+    for r, row in enumerate(rows):
+        x = (width - row_w[r]) / 2
+        y = MARGIN + r * (BOX_H + GAP_Y)
+        for n in row:
+            pos[n] = (x, y)
+            x += widths[n] + GAP_X
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+           f'width="{width:.0f}" height="{height:.0f}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" '
+           f'role="img" aria-label="lineage graph">',
+           "<title>lineage graph</title>",
+           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
+           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#4b5563"/></marker></defs>',
+           f'<rect x="0" y="0" width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>']
+    for src, dst, label in graph.edges:
+        if src not in pos or dst not in pos:
+            continue
+        (sx, sy), (dx, dy) = pos[src], pos[dst]
+        x1, y1 = sx + widths[src] / 2, sy + BOX_H
+        x2, y2 = dx + widths[dst] / 2, dy
+        mid = (y1 + y2) / 2
+        out.append(f'<path d="M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2 - 2:.1f}" '
+                   f'fill="none" stroke="#4b5563" stroke-width="1.5" marker-end="url(#arrow)"/>')
+        if label:
+            lx, ly = (x1 + x2) / 2, mid - 4
+            out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="{SMALL}" text-anchor="middle" '
+                       f'fill="#374151" stroke="#ffffff" stroke-width="3" paint-order="stroke">{escape(label)}</text>')
+    for n, (x, y) in pos.items():
+        node = graph.nodes[n]
+        w = widths[n]
+        dash = ' stroke-dasharray="5 4"' if node.kind == "missing" else ""
+        out.append(f'<g class="node {node.kind}"><rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{BOX_H}" '
+                   f'rx="8" fill="{FILL[node.kind]}" stroke="{STROKE[node.kind]}" stroke-width="1.5"{dash}/>')
+        title_y = y + (18 if node.subtitle else BOX_H / 2 + FONT / 2 - 2)
+        out.append(f'<text x="{x + w / 2:.1f}" y="{title_y:.1f}" font-size="{FONT}" text-anchor="middle" '
+                   f'fill="#111827" font-weight="{"bold" if node.kind == "output" else "normal"}">'
+                   f'{escape(node.title)}</text>')
+        if node.subtitle:
+            out.append(f'<text x="{x + w / 2:.1f}" y="{y + 36:.1f}" font-size="{SMALL}" text-anchor="middle" '
+                       f'fill="#374151" font-family="DejaVu Sans Mono, Menlo, monospace">{escape(node.subtitle)}</text>')
+        out.append("</g>")
+    ly = height - MARGIN / 2 - 4
+    lx = MARGIN
+    for kind, text in (("output", "merge"), ("base", "base model"), ("parent", "parent"), ("ancestor", "ancestor"),
+                       ("missing", "not readable")):
+        if not any(node.kind == kind for node in graph.nodes.values()):
+            continue
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" rx="3" fill="{FILL[kind]}" '
+                   f'stroke="{STROKE[kind]}"/><text x="{lx + 16}" y="{ly}" font-size="{SMALL}" fill="#374151">{text}</text>')
+        lx += 16 + len(text) * SMALL_W + 18
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def svg_img_tag(svg: str, alt: str = "lineage graph") -> str:
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return (f'<img id="lineage-img" alt="{escape(alt)}" style="max-width:100%;height:auto" '
+            f'src="data:image/svg+xml;base64,{data}"/>')
