@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from hubmerge import ci_outputs
 from hubmerge.merge.run import MergeOptions, plan_spec, run_merge, shard_layout
 from hubmerge.output.card import write_card
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE
@@ -42,8 +43,9 @@ def cmd_merge(args) -> int:
                            overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
                            show_progress=not args.quiet)
     start = time.perf_counter()
-    result = run_merge(spec, args.output, options, hub=_hub(args), card_writer=lambda plan, digest, folder: write_card(
-        plan, digest, folder, title=Path(args.output).name, device=args.device))
+    hub = _hub(args)
+    result = run_merge(spec, args.output, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
+        plan, digest, folder, title=Path(args.output).name, device=args.device, hub=hub))
     logger.info("wrote %s: %d tensors, %d shard(s), %.1f s, %s", result.output, len(result.plan.tensors),
                 len(result.shards), time.perf_counter() - start, result.content_hash)
     return 0
@@ -52,6 +54,7 @@ def cmd_merge(args) -> int:
 def cmd_validate(args) -> int:
     spec = load_spec(args.spec)
     plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=_hub(args))
+    ci_outputs.after_validate(spec, plan)  # $GITHUB_STEP_SUMMARY on CI runners
     try:
         max_shard = _shard_size(args) or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
         shards = shard_layout(plan, max_shard)
@@ -107,9 +110,14 @@ def cmd_push(args) -> int:
 
     hub = _hub(args)
     spec, base_dir = _load(args, hub)
+    if args.open_pr or args.part:
+        return _push_parts(args, hub, spec, base_dir)
+    previous = ci_outputs.before_push(hub, spec, args.repo)  # CI runners only: the card's pins before pushing
+    gate = _gate(args, spec, hub, base_dir)
     result = push(spec, hub=hub, repo_id=args.repo, private=args.private, create_pr=args.create_pr,
                   device=args.device, max_shard_size=_shard_size(args), commit_message=args.message,
-                  base_dir=base_dir, show_progress=not args.quiet)
+                  base_dir=base_dir, show_progress=not args.quiet, gate=gate)
+    ci_outputs.after_push(result, previous, endpoint=hub.endpoint, hub=hub)  # $GITHUB_OUTPUT, $GITHUB_STEP_SUMMARY
     if not result.changed:
         print(f"{result.repo_id} is up to date ({result.content_hash}); no commit made")
     else:
@@ -121,6 +129,7 @@ def cmd_check(args) -> int:
     from hubmerge.hub.watch import EXIT_STALE, EXIT_UP_TO_DATE, check, render_table
 
     report = check(_hub(args), args.target)
+    ci_outputs.after_check(report, endpoint=args.endpoint)  # $GITHUB_OUTPUT / $GITHUB_STEP_SUMMARY
     print(json.dumps(report.to_json(), indent=2) if args.json else render_table(report))
     return EXIT_STALE if report.stale else EXIT_UP_TO_DATE
 
@@ -130,6 +139,7 @@ def cmd_sync(args) -> int:
 
     report, result = sync(_hub(args), args.target, create_pr=args.create_pr, device=args.device,
                           show_progress=not args.quiet)
+    ci_outputs.after_sync(report, result, endpoint=args.endpoint)  # $GITHUB_OUTPUT / $GITHUB_STEP_SUMMARY
     print(render_table(report))
     if result is None:
         print(f"{args.target} is up to date; nothing to do")
@@ -183,6 +193,111 @@ def cmd_webhook_serve(args) -> int:
     return 0
 
 
+def _push_parts(args, hub, spec, base_dir) -> int:
+    from hubmerge.errors import HubmergeError
+    from hubmerge.hub.parts import open_pr, push_part
+
+    if args.open_pr:
+        number = open_pr(spec, hub=hub, repo_id=args.repo, private=args.private, max_shard_size=_shard_size(args))
+        print(number)
+        return 0
+    if args.pr is None:
+        raise HubmergeError("--part needs --pr NUM (the pull request opened with --open-pr)")
+    changed = push_part(spec, args.part, args.pr, hub=hub, repo_id=args.repo, device=args.device, base_dir=base_dir,
+                        show_progress=not args.quiet)
+    print(f"part {args.part} {'committed to' if changed else 'already in'} pull request #{args.pr}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from hubmerge.hub.parts import plan_parts
+
+    hub = _hub(args)
+    spec, base_dir = _load(args, hub)
+    doc = plan_parts(spec, args.parts, hub=hub, max_shard_size=_shard_size(args), base_dir=base_dir)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for part in doc["parts"]:
+            print(f"part {part['part']}: {_human(part['bytes'])} in {len(part['shards'])} shard(s): "
+                  + ", ".join(part["shards"]))
+    return 0
+
+
+def cmd_finalize(args) -> int:
+    from hubmerge.hub.parts import finalize
+
+    hub = _hub(args)
+    spec, base_dir = _load(args, hub)
+    url = finalize(spec, args.pr, hub=hub, repo_id=args.repo, base_dir=base_dir)
+    print(f"finalized: {url}")
+    return 0
+
+
+def _gate(args, spec, hub, base_dir):
+    """``push --gate-eval EVAL --max-ppl-ratio R``: a check push runs on the merge before its commit."""
+    if not getattr(args, "gate_eval", None):
+        return None
+    from hubmerge.evolve.gate import ratio_gate
+
+    return ratio_gate(args.gate_eval, spec, max_ratio=args.max_ppl_ratio, hub=hub, base_dir=base_dir,
+                      device=args.device)
+
+
+def cmd_evolve(args) -> int:
+    from hubmerge.evolve.report import push_best, write_outputs
+    from hubmerge.evolve.search import EvolveOptions, run_search
+
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    stem = spec_path.stem
+    out = Path(args.output or f"evolved-{stem}")
+    storage = args.storage or f"sqlite:///{out.resolve().parent / (out.name + '-study.db')}"
+    options = EvolveOptions(evals=args.evals, trials=args.trials, sampler=args.sampler, storage=storage,
+                            study_name=args.study_name or f"evolve-{stem}", objectives=args.objectives,
+                            anchors=args.anchors, final_top=args.final_top, seed=args.seed, device=args.device,
+                            eval_dtype=args.eval_dtype, batch_size=args.batch_size,
+                            base_dir=spec_path.resolve().parent, cache_limit=parse_size(args.in_memory_limit,
+                                                                                        "--in-memory-limit"))
+    hub = _hub(args)
+    start = time.perf_counter()
+    result = run_search(spec, options, hub=hub)
+    merged = write_outputs(result, out, device=args.device, base_dir=options.base_dir, hub=hub,
+                           show_progress=not args.quiet)
+    best = result.best
+    print(f"best of {len(result.complete)} trials (study {result.study_name!r} in {storage}): trial {best.number}")
+    for ev, est in zip(result.evaluations, best.final):
+        print(f"  {ev.label}: {est.describe()}")
+    for name, value in best.values.items():
+        print(f"  {name} = {value}")
+    print(f"wrote {merged.output} ({time.perf_counter() - start:.1f} s): the spec with these values is "
+          f"{merged.output / 'evolved.yml'}")
+    if args.push:
+        pushed = push_best(result, hub=hub, repo_id=args.repo, device=args.device, base_dir=options.base_dir,
+                           show_progress=not args.quiet)
+        print(f"pushed {pushed.repo_id}: {pushed.pr_url or pushed.commit_url}" if pushed.changed
+              else f"{pushed.repo_id} is up to date; no commit made")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from hubmerge.evolve.evaluate import parse_eval
+    from hubmerge.evolve.gate import evaluate_target
+
+    target = Path(args.target)
+    evals = [parse_eval(e) for e in args.evals]
+    results = evaluate_target(target if target.is_dir() else args.target, evals, hub=_hub(args),
+                              anchors=args.anchors, seed=args.seed, device=args.device, dtype=args.eval_dtype,
+                              batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"target": args.target, "results": [{"eval": ev.spec, "metric": ev.metric, **est.to_json()}
+                                                             for ev, est in zip(evals, results)]}, indent=2))
+    else:
+        for ev, est in zip(evals, results):
+            print(f"{ev.label}: {ev.metric} {est.describe()}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from hubmerge.demo import make_family
     from hubmerge.spec.parse import parse_spec
@@ -204,4 +319,65 @@ def cmd_demo(args) -> int:
     print(f"demo: merged {len(result.plan.models)} tiny models with {spec.merge_method} into {result.output}")
     print(f"      card: {result.output / 'README.md'}")
     print(f"      content hash: {result.content_hash}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from hubmerge.output.lineage import lineage_of
+
+    lineage = lineage_of(args.repo, hub=_hub(args), depth=args.depth, max_calls=args.max_calls)
+    print(lineage.render(args.format), end="")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from hubmerge.output.verify import reproduce
+
+    result, recipe = reproduce(args.repo, args.output, hub=_hub(args), device=args.device, overwrite=args.overwrite,
+                               max_shard_size=_shard_size(args), show_progress=not args.quiet)
+    print(f"reproduced {recipe.source.display} from its {recipe.kind} recipe into {result.output}")
+    print(f"content hash: {result.content_hash}")
+    recorded = recipe.recorded.get("content_hash")
+    if isinstance(recorded, str):
+        print("matches the content hash its card records" if recorded == result.content_hash
+              else f"differs from the content hash its card records ({recorded}); run 'hubmerge verify' for details")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from hubmerge.output.verify import verify
+
+    check = verify(args.repo, hub=_hub(args), device=args.device, show_progress=not args.quiet)
+    if check.ok:
+        print(f"verified: {check.target}: a fresh merge of its recipe and its published tensors both match "
+              f"the recorded content hash {check.recorded} ({check.tensors} tensors)")
+        return 0
+    print(f"NOT verified: {check.target}")
+    for problem in check.problems():
+        print(f"  {problem}")
+    if check.differing:
+        print(f"  {len(check.differing)} tensor(s) differ from a fresh merge:")
+        for name in check.differing:
+            print(f"    {name}")
+    for label, names in (("missing from the repo", check.missing), ("not produced by the recipe", check.extra)):
+        if names:
+            print(f"  {len(names)} tensor(s) {label}: " + ", ".join(names))
+    return 1
+
+
+def cmd_card(args) -> int:
+    import sys
+
+    from hubmerge.output.verify import regenerate_card
+
+    to_file = args.output not in (None, "-")
+    card, written = regenerate_card(args.target, hub=_hub(args), title=args.title, repo_id=args.repo,
+                                    write=args.output is None)
+    if to_file:
+        Path(args.output).write_text(card, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif written is not None:
+        print(f"wrote {written}", file=sys.stderr)
+    else:
+        print(card, end="")
     return 0

@@ -12,6 +12,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from hubmerge.errors import HubError, SpecError
 from hubmerge.hub.client import Hub, hub_errors
@@ -62,9 +63,15 @@ def recorded_block(readme: str | None) -> dict:
 def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool | None = None,
          create_pr: bool | None = None, device: str = "cpu", max_shard_size: int | None = None,
          commit_message: str | None = None, base_dir: Path | None = None, show_progress: bool = True,
-         workdir: Path | None = None, parent: str | None = None) -> PushResult:
+         workdir: Path | None = None, parent: str | None = None,
+         gate: Callable[[Path], None] | None = None, decorate: Callable[[Path], None] | None = None) -> PushResult:
     """``parent``: the commit the caller decided from (sync passes the head it checked), so a push that
-    raced with another fails instead of committing on top of it."""
+    raced with another fails instead of committing on top of it.
+
+    ``decorate(folder)``: adds files to the merged folder before the commit (``hubmerge evolve`` puts its
+    search record in the card). ``gate(folder)``: a pre-push check that raises to refuse the merge; with a
+    gate, shards are not pre-uploaded but kept in the temporary folder, so the gate sees the complete model
+    and a refused merge uploads nothing; the commit then uploads them."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     repo_id = target_of(spec, repo_id)
@@ -85,6 +92,8 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
     uploaded: list = []
 
     def upload_shard(path: Path) -> None:
+        if gate is not None:
+            return  # kept until the gate passes; the commit uploads it
         op = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
         with hub_errors(f"uploading {path.name} to {repo_id}"):
             hub.api.preupload_lfs_files(repo_id, additions=[op], create_pr=create_pr or None)
@@ -96,8 +105,11 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
                                show_progress=show_progress, on_shard=upload_shard)
         result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
-            plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device))
+            plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device, repo_id=repo_id,
+            hub=hub))
 
+        if decorate is not None:
+            decorate(out)
         old_block = recorded_block(old_readme)
         new_block = recorded_block((out / "README.md").read_text(encoding="utf-8"))
         same_weights = old_block.get("content_hash") == result.content_hash
@@ -106,6 +118,8 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
             logger.info("%s is up to date (content hash %s); nothing to commit", repo_id, result.content_hash)
             return PushResult(repo_id, False, parent, None, None, result.content_hash, result)
 
+        if gate is not None:
+            gate(out)  # raises to refuse: nothing is committed
         operations: list = list(uploaded)
         for path in sorted(out.iterdir()):
             if path.is_file() and not path.name.startswith("."):

@@ -21,6 +21,7 @@ from hubmerge.sources.model import ModelSource
 from hubmerge.sources.safetensors_format import DTYPE_NAMES, ITEM_SIZES, DTYPES, TensorInfo
 from hubmerge.spec.model import MergeSpec, ModelRef, OutputSlice, Parameters, SliceSource
 from hubmerge.spec.params import ParameterValueError, resolve
+from hubmerge.spec.search import require_concrete
 from hubmerge.spec.validate import method_for
 
 logger = logging.getLogger(__name__)
@@ -286,6 +287,7 @@ class Planner:
 
 
 def build_plan(spec: MergeSpec, models: dict[ModelRef, ModelSource]) -> MergePlan:
+    require_concrete(spec)  # search ranges must be filled in (hubmerge evolve) before anything is merged
     return Planner(spec, models).plan()
 
 

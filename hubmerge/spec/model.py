@@ -16,8 +16,23 @@ class Conditional:
     filter: str | None = None
 
 
-# A parameter setting: a scalar, a gradient (tuple of scalars), or a tuple of conditionals.
-Setting = Union[Scalar, tuple[Scalar, ...], tuple[Conditional, ...]]
+@dataclass(frozen=True)
+class SearchRange:
+    """``{search: [low, high], step: ..., log: ...}``: a numeric value left for ``hubmerge evolve`` to find.
+
+    It may stand wherever a numeric scalar does (a setting, a gradient entry, a conditional's value); a spec
+    that still holds one cannot be merged until the search has replaced it with a number.
+    """
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+
+# A parameter setting: a scalar, a gradient (tuple of scalars), or a tuple of conditionals. Any numeric
+# scalar may be a SearchRange in a spec meant for ``hubmerge evolve``.
+Setting = Union[Scalar, SearchRange, tuple[Scalar, ...], tuple[Conditional, ...]]
 Parameters = dict[str, Setting]
 
 

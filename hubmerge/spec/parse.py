@@ -15,6 +15,7 @@ from hubmerge.spec.model import (
     ModelRef,
     OutputSlice,
     Parameters,
+    SearchRange,
     Setting,
     SliceSource,
     TokenizerSpec,
@@ -160,17 +161,25 @@ def _params(doc: dict[str, Any] | None) -> Parameters:
 
 
 def _setting(value: Any) -> Setting:
-    if isinstance(value, dict):
+    if isinstance(value, dict) and "search" not in value:
         return (Conditional(_scalar_or_gradient(value["value"]), value.get("filter")),)
     if isinstance(value, list):
-        if all(isinstance(v, dict) for v in value):
+        if all(isinstance(v, dict) and "search" not in v for v in value):
             return tuple(Conditional(_scalar_or_gradient(v["value"]), v.get("filter")) for v in value)
-        return tuple(value)
-    return value
+        return tuple(_value(v) for v in value)
+    return _value(value)
 
 
 def _scalar_or_gradient(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    return tuple(_value(v) for v in value) if isinstance(value, list) else _value(value)
+
+
+def _value(value: Any) -> Any:
+    """A scalar, or a search range (``{search: [low, high], ...}``, left for ``hubmerge evolve``)."""
+    if isinstance(value, dict):
+        low, high = value["search"]
+        return SearchRange(float(low), float(high), value.get("step"), bool(value.get("log", False)))
+    return value
 
 
 _REF_RE = re.compile(r"^(?P<path>[^@+]+)(?:@(?P<rev>[^@+]+))?$")

@@ -78,5 +78,6 @@ def _form_hint(path: list[Any]) -> str:
     if last in ("model", "base_model", "lora"):
         return "a model is 'org/name', 'org/name@revision', a local path, or {path: ..., revision: ...}"
     if path and len(path) >= 2 and path[-2] == "parameters":
-        return "a parameter is a number/bool/string, a list (gradient), or a list of {filter: ..., value: ...}"
+        return ("a parameter is a number/bool/string, a list (gradient), a list of {filter: ..., value: ...}, "
+                "or, for hubmerge evolve, {search: [low, high]} with optional step or log: true")
     return "see the spec reference in the README"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from hubmerge.errors import SpecError
 from hubmerge.merge.methods import MergeMethod, all_methods, get_method
-from hubmerge.spec.model import MergeSpec, ModelRef, Parameters
+from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SearchRange
 from hubmerge.spec.params import ParameterValueError, coerce, setting_scalars
 from hubmerge.spec.schema import did_you_mean
+from hubmerge.spec.search import spec_search_ranges
 
 
 def method_for(spec: MergeSpec) -> MergeMethod:
@@ -25,6 +26,7 @@ def method_for(spec: MergeSpec) -> MergeMethod:
 
 def check_spec(spec: MergeSpec) -> None:
     method = method_for(spec)
+    spec_search_ranges(spec)  # a search range's own bounds (hubmerge evolve fills them in)
     _check_levels(spec, method)
     _check_contract(spec, method)
     _check_required(spec, method)
@@ -65,6 +67,11 @@ def _check_levels(spec: MergeSpec, method: MergeMethod) -> None:
                     hint="move it to the top-level (or slice-level) 'parameters'",
                 )
             for value in setting_scalars(setting):
+                if isinstance(value, SearchRange):
+                    if param.type not in (int, float):
+                        raise SpecError(f"'{name}' is a {param.type.__name__} parameter; only numbers can be searched",
+                                        path=f"{path}.{name}", hint=f"give '{name}' a value instead of a search range")
+                    continue
                 try:
                     coerce(value, param.type)
                 except ParameterValueError as exc:

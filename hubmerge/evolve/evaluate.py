@@ -1,0 +1,449 @@
+"""Fitness of a causal LM: perplexity on a text file, accuracy on JSONL items, or a user callable.
+
+``--eval`` forms:
+
+- ``ppl:PATH`` (or a ``.txt`` path): perplexity over the file's non-empty lines, one item per line
+  (lower is better). A line longer than the model's context is scored in windows.
+- ``jsonl:PATH`` (or a ``.jsonl`` path): accuracy (higher is better) over one JSON object per line, either
+  ``{"prompt": ..., "answer": "..."}`` — correct when greedy decoding after the prompt reproduces every
+  token of the answer (for a one-token answer: greedy next-token) — or
+  ``{"prompt": ..., "choices": [...], "answer": <index or choice text>}`` — correct when the answer has the
+  highest log-likelihood among the choices. The prompt and the answer are joined with one space unless
+  the prompt ends, or the answer starts, with whitespace.
+- ``MODULE:FUNCTION``: imports MODULE (which runs its code — only when you pass it) and calls
+  ``FUNCTION(model, tokenizer)``; it returns a float (higher is better unless ``--objectives min``) or a
+  list of per-item scores (their mean, with a t interval).
+
+Models are evaluated as transformers models built from a config and a state dict, never with remote code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from hubmerge.evolve.errors import EvalError
+from hubmerge.evolve.estimators import Estimate, mean_estimate, ratio_estimate
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Side files a tokenizer may need (a subset of what a merge copies from its tokenizer source).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class ModelHolder:
+    """A transformers causal LM built once from a config (random init, never remote code); candidate
+    weights are then copied into it with ``load``, so a search builds the module tree only once."""
+
+    def __init__(self, config: dict[str, Any], tokenizer_files: dict[str, bytes], *, dtype: str = "float32",
+                 device: str = "cpu", name: str = "model"):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from hubmerge.merge.executor import pick_device
+
+        self.name = name
+        self.device = pick_device(device)
+        if dtype not in TORCH_DTYPES:
+            raise EvalError(f"unknown evaluation dtype {dtype!r}", hint="use float32, bfloat16 or float16")
+        with tempfile.TemporaryDirectory(prefix="hubmerge-eval-") as tmp:
+            folder = Path(tmp)
+            (folder / "config.json").write_text(json.dumps(config))
+            for fname, data in tokenizer_files.items():
+                (folder / fname).write_bytes(data)
+            if not any(f in tokenizer_files for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+                raise EvalError(f"{name} has no tokenizer files", hint="evaluation needs the model's tokenizer")
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+                hf_config = AutoConfig.from_pretrained(str(folder))
+                self.model = AutoModelForCausalLM.from_config(hf_config, dtype=TORCH_DTYPES[dtype])
+            except (ValueError, KeyError, OSError, ImportError) as exc:
+                raise EvalError(f"transformers cannot build {name} for evaluation: {exc}",
+                                hint="evaluation supports architectures transformers knows (no remote code)") from None
+        self.model.to(self.device).eval()
+        self.max_length = int(min(getattr(hf_config, "max_position_embeddings", None) or 2048, 4096))
+        self.model_id = 0  # bumped on every load, so cached results never mix two models
+
+    def load(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy a full set of weights in (cast to the evaluation dtype); tied weights may be left out."""
+        result = self.model.load_state_dict(state_dict, strict=False)
+        if result.unexpected_keys:
+            raise EvalError(f"{self.name}: weights the model does not have: {', '.join(result.unexpected_keys[:5])}",
+                            hint="the config and the tensors disagree on the architecture")
+        if result.missing_keys:
+            loaded = {id(p) for n, p in self.model.named_parameters(remove_duplicate=False) if n in state_dict}
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            untied = [k for k in result.missing_keys if k in params and id(params[k]) not in loaded]
+            if untied:
+                raise EvalError(f"{self.name}: weights missing: {', '.join(untied[:5])}",
+                                hint="the merge did not produce every tensor the architecture needs")
+        self.model_id += 1
+
+
+def read_state_dict(source) -> dict[str, torch.Tensor]:
+    """Every tensor of an opened ModelSource, read once."""
+    return {name: source.reader.read(info) for name, info in source.tensors.items()}
+
+
+def tokenizer_files_of(source) -> dict[str, bytes]:
+    out = {}
+    for fname in TOKENIZER_FILES:
+        data = source.read_file(fname)
+        if data is not None:
+            out[fname] = data
+    return out
+
+
+def load_model(target: str | Path | Any, *, hub: Any = None, base_dir: Path | None = None, dtype: str = "float32",
+               device: str = "cpu") -> ModelHolder:
+    """A local model folder (a Path), a model reference, or a string naming either a folder or a Hub repo
+    (``org/name[@rev]``), loaded for evaluation."""
+    from hubmerge.sources.model import open_local_model, open_model
+    from hubmerge.spec.model import ModelRef
+    from hubmerge.spec.parse import parse_ref
+
+    if isinstance(target, Path):
+        source = open_local_model(ModelRef(str(target)), target)
+    else:
+        ref = target if isinstance(target, ModelRef) else parse_ref(str(target), "target")
+        source = open_model(ref, base_dir=base_dir, hub=hub)
+    try:
+        holder = ModelHolder(source.config, tokenizer_files_of(source), dtype=dtype, device=device, name=source.name)
+        holder.load(read_state_dict(source))
+    finally:
+        source.close()
+    return holder
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring sequences
+
+
+@dataclass(frozen=True)
+class _Scored:
+    logprob: float  # summed log-probability of the scored tokens
+    greedy: bool  # every scored token is the argmax given its prefix (greedy decoding reproduces them)
+    n: int  # tokens scored
+
+
+def score_sequences(holder: ModelHolder, seqs: Sequence[tuple[list[int], int]], *,
+                    batch_size: int = 32) -> list[_Scored]:
+    """For each (ids, n_ctx): score tokens ids[n_ctx:] given their prefixes, batched and right-padded."""
+    out: list[_Scored | None] = [None] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    model, device = holder.model, holder.device
+    pad = holder.tokenizer.pad_token_id
+    pad = 0 if pad is None else pad
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = max(len(seqs[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = seqs[i][0]
+                ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, :len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = ids[:, 1:].to(device)
+            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+            greedy = (logprobs.argmax(-1) == targets).cpu()
+            for row, i in enumerate(batch):
+                seq, n_ctx = seqs[i]
+                lo, hi = n_ctx - 1, len(seq) - 1  # position p predicts token p+1
+                out[i] = _Scored(float(token_lp[row, lo:hi].sum()), bool(greedy[row, lo:hi].all()), hi - lo)
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluations
+
+
+class Evaluation:
+    """One objective. ``evaluate(holder, indices)`` scores the items at ``indices`` (all by default)."""
+
+    spec: str
+    label: str
+    direction: str  # "minimize" | "maximize"
+    metric: str
+
+    def __len__(self) -> int:
+        return 0
+
+    def evaluate(self, holder: ModelHolder, indices: Sequence[int] | None = None, *, batch_size: int = 32,
+                 confidence: float = 0.95) -> Estimate:
+        raise NotImplementedError
+
+    @property
+    def has_items(self) -> bool:
+        return len(self) > 0
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _with_start(tokenizer, ids: list[int]) -> list[int]:
+    """Prefix the BOS token when the tokenizer has one and did not add it, so the first token is scored."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        return [bos] + ids
+    return ids
+
+
+def _split(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids): the joint encoding split where the prompt's encoding ends."""
+    sep = "" if (not prompt or prompt[-1].isspace() or answer[:1].isspace()) else " "
+    ctx = _with_start(tokenizer, _encode(tokenizer, prompt))
+    whole = _with_start(tokenizer, _encode(tokenizer, prompt + sep + answer))
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, list(tokenizer(sep + answer, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class _TokenCache:
+    tokenizer: Any = None
+    items: list = field(default_factory=list)
+
+
+class PerplexityEval(Evaluation):
+    metric = "perplexity"
+    direction = "minimize"
+
+    def __init__(self, path: Path, spec: str):
+        self.spec, self.path = spec, path
+        self.label = f"ppl({path.name})"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EvalError(f"cannot read the perplexity text {path}: {exc}") from None
+        self.lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(self.lines) < 1:
+            raise EvalError(f"{path} has no non-empty lines to compute a perplexity on")
+        self._cache = _TokenCache()
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def _sequences(self, holder: ModelHolder) -> list[list[tuple[list[int], int]]]:
+        if self._cache.tokenizer is not holder.tokenizer:
+            tok, window = holder.tokenizer, holder.max_length
+            items = []
+            for line in self.lines:
+                ids = _with_start(tok, _encode(tok, line))
+                windows = [(ids[i:i + window], 1) for i in range(0, max(1, len(ids) - 1), window - 1)]
+                items.append([(w, n) for w, n in windows if len(w) >= 2])
+            self._cache = _TokenCache(tok, items)
+        return self._cache.items
+
+    def evaluate(self, holder, indices=None, *, batch_size=32, confidence=0.95) -> Estimate:
+        items = self._sequences(holder)
+        indices = list(range(len(items))) if indices is None else list(indices)
+        flat, owner = [], []
+        for i in indices:
+            for seq in items[i]:
+                flat.append(seq)
+                owner.append(i)
+        scored = score_sequences(holder, flat, batch_size=batch_size)
+        nll = {i: 0.0 for i in indices}
+        count = {i: 0 for i in indices}
+        for i, s in zip(owner, scored):
+            nll[i] -= s.logprob
+            count[i] += s.n
+        kept = [i for i in indices if count[i] > 0]
+        if not kept:
+            raise EvalError(f"{self.path}: no line has two or more tokens to score")
+        return ratio_estimate([nll[i] for i in kept], [count[i] for i in kept], total=len(items),
+                              confidence=confidence, transform=_safe_exp)
+
+
+def _safe_exp(x: float) -> float:
+    return math.exp(min(x, 700.0))
+
+
+class JsonlEval(Evaluation):
+    metric = "accuracy"
+    direction = "maximize"
+
+    def __init__(self, path: Path, spec: str):
+        self.spec, self.path = spec, path
+        self.label = f"acc({path.name})"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EvalError(f"cannot read the JSONL items {path}: {exc}") from None
+        self.items: list[dict[str, Any]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            self.items.append(self._check(item, f"{path}:{number}"))
+        if not self.items:
+            raise EvalError(f"{path} holds no items", hint='one JSON object per line: {"prompt": ..., "answer": ...}')
+        self._cache = _TokenCache()
+
+    @staticmethod
+    def _check(item: Any, where: str) -> dict[str, Any]:
+        hint = ('use {"prompt": "...", "answer": "..."} or '
+                '{"prompt": "...", "choices": ["...", ...], "answer": <index or choice>}')
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "answer" not in item:
+            raise EvalError(f"{where}: an item needs a string 'prompt' and an 'answer'", hint=hint)
+        choices = item.get("choices")
+        if choices is None:
+            if not isinstance(item["answer"], str) or not item["answer"].strip():
+                raise EvalError(f"{where}: 'answer' must be a non-empty string", hint=hint)
+            return {"prompt": item["prompt"], "answer": item["answer"]}
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise EvalError(f"{where}: 'choices' must list at least two non-empty strings", hint=hint)
+        answer = item["answer"]
+        if isinstance(answer, str):
+            if answer not in choices:
+                raise EvalError(f"{where}: the answer {answer!r} is not one of the choices", hint=hint)
+            answer = choices.index(answer)
+        if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+            raise EvalError(f"{where}: 'answer' must be a choice's index (0..{len(choices) - 1}) or its text",
+                            hint=hint)
+        return {"prompt": item["prompt"], "choices": choices, "answer": answer}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _sequences(self, holder: ModelHolder) -> list[list[tuple[list[int], int]]]:
+        if self._cache.tokenizer is not holder.tokenizer:
+            tok, out = holder.tokenizer, []
+            for n, item in enumerate(self.items):
+                answers = item.get("choices") or [item["answer"]]
+                seqs = []
+                for answer in answers:
+                    ctx, cont = _split(tok, item["prompt"], answer)
+                    if not ctx:
+                        raise EvalError(f"{self.path}: item {n + 1} has an empty prompt and the tokenizer no BOS token")
+                    if not cont:
+                        raise EvalError(f"{self.path}: item {n + 1}: the answer {answer!r} encodes to no tokens")
+                    seq, cut = ctx + cont, max(0, len(ctx) + len(cont) - holder.max_length)
+                    seqs.append((seq[cut:], max(1, len(ctx) - cut)))  # too long: drop the prompt's start
+                out.append(seqs)
+            self._cache = _TokenCache(tok, out)
+        return self._cache.items
+
+    def evaluate(self, holder, indices=None, *, batch_size=32, confidence=0.95) -> Estimate:
+        items = self._sequences(holder)
+        indices = list(range(len(items))) if indices is None else list(indices)
+        flat = [seq for i in indices for seq in items[i]]
+        scored = iter(score_sequences(holder, flat, batch_size=batch_size))
+        correct = []
+        for i in indices:
+            results = [next(scored) for _ in items[i]]
+            if "choices" in self.items[i]:
+                best = max(range(len(results)), key=lambda c: results[c].logprob)
+                correct.append(1.0 if best == self.items[i]["answer"] else 0.0)
+            else:
+                correct.append(1.0 if results[0].greedy else 0.0)
+        return ratio_estimate(correct, [1.0] * len(correct), total=len(items), confidence=confidence)
+
+
+class CallableEval(Evaluation):
+    metric = "score"
+    direction = "maximize"
+
+    def __init__(self, module: str, function: str, spec: str):
+        self.spec, self.label = spec, f"{module}:{function}"
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # a module file next to where the command runs
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise EvalError(f"--eval {spec}: cannot import module {module!r}: {exc}",
+                            hint="put the module in the current directory or install it") from None
+        fn = getattr(mod, function, None)
+        if not callable(fn):
+            raise EvalError(f"--eval {spec}: {module} has no callable {function!r}")
+        self.fn: Callable[..., Any] = fn
+
+    def __len__(self) -> int:
+        return 0
+
+    def evaluate(self, holder, indices=None, *, batch_size=32, confidence=0.95) -> Estimate:
+        with torch.inference_mode():
+            value = self.fn(holder.model, holder.tokenizer)
+        if isinstance(value, (list, tuple)):
+            values = [float(v) for v in value]
+            if not values:
+                raise EvalError(f"{self.spec} returned no scores")
+            return mean_estimate(values, confidence=confidence)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise EvalError(f"{self.spec} returned {type(value).__name__}, not a number") from None
+        if not math.isfinite(value):
+            raise EvalError(f"{self.spec} returned {value}")
+        return Estimate(value, None, None, 0, 0, confidence)
+
+
+def parse_eval(spec: str, *, base_dir: Path | None = None) -> Evaluation:
+    """``ppl:PATH``, ``jsonl:PATH``, a .txt/.jsonl path, or ``MODULE:FUNCTION`` (imported only here)."""
+    kind, sep, rest = spec.partition(":")
+    candidates = [Path(spec)] + ([base_dir / spec] if base_dir is not None else [])
+
+    def path_of(text: str) -> Path:
+        p = Path(text).expanduser()
+        if not p.is_absolute() and not p.exists() and base_dir is not None and (base_dir / p).exists():
+            p = base_dir / p
+        if not p.is_file():
+            raise EvalError(f"--eval {spec}: no such file {p}")
+        return p
+
+    if sep and kind == "ppl":
+        return PerplexityEval(path_of(rest), spec)
+    if sep and kind == "jsonl":
+        return JsonlEval(path_of(rest), spec)
+    if any(c.is_file() for c in candidates) or spec.endswith((".txt", ".jsonl")):
+        p = path_of(spec)
+        return JsonlEval(p, spec) if p.suffix == ".jsonl" else PerplexityEval(p, spec)
+    if sep and rest and all(part.isidentifier() for part in kind.split(".")) and rest.isidentifier():
+        return CallableEval(kind, rest, spec)
+    raise EvalError(f"cannot understand --eval {spec!r}",
+                    hint="use ppl:FILE.txt, jsonl:FILE.jsonl, or MODULE:FUNCTION (a callable (model, tokenizer) -> float)")
+
+
+def parse_directions(evals: Sequence[Evaluation], objectives: Sequence[str] | None) -> list[str]:
+    """Each evaluation's direction, overridden by ``--objectives`` (one of min/max per --eval)."""
+    if not objectives:
+        return [e.direction for e in evals]
+    words = [w for o in objectives for w in o.replace(",", " ").split()]
+    if len(words) != len(evals):
+        raise EvalError(f"--objectives gives {len(words)} direction(s) for {len(evals)} --eval(s)",
+                        hint="one of min/max (minimize/maximize) per --eval, in the same order")
+    out = []
+    for w in words:
+        w = w.lower()
+        if w in ("min", "minimize", "minimise"):
+            out.append("minimize")
+        elif w in ("max", "maximize", "maximise"):
+            out.append("maximize")
+        else:
+            raise EvalError(f"--objectives: {w!r} is not min or max")
+    return out
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    return a < b if direction == "minimize" else a > b
