@@ -38,13 +38,16 @@ def _load(args, hub=None):
 
 
 def cmd_merge(args) -> int:
-    spec = load_spec(args.spec)
+    from hubmerge.merge.stages import run_stages
+    from hubmerge.spec.stages import load_stages
+
+    stages = load_stages(args.spec)
     options = MergeOptions(device=args.device, max_shard_size=_shard_size(args), resume=args.resume,
                            overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
                            show_progress=not args.quiet)
     start = time.perf_counter()
     hub = _hub(args)
-    result = run_merge(spec, args.output, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
+    result = run_stages(stages, args.output, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
         plan, digest, folder, title=Path(args.output).name, device=args.device, hub=hub))
     logger.info("wrote %s: %d tensors, %d shard(s), %.1f s, %s", result.output, len(result.plan.tensors),
                 len(result.shards), time.perf_counter() - start, result.content_hash)
@@ -52,7 +55,12 @@ def cmd_merge(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    spec = load_spec(args.spec)
+    from hubmerge.spec.stages import load_stages
+
+    stages = load_stages(args.spec)
+    if len(stages) > 1:
+        return _validate_stages(args, stages)
+    spec = stages[0].spec
     plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=_hub(args))
     ci_outputs.after_validate(spec, plan)  # $GITHUB_STEP_SUMMARY on CI runners
     try:
@@ -87,6 +95,25 @@ def cmd_validate(args) -> int:
     finally:
         for m in plan.models:
             m.close()
+
+
+def _validate_stages(args, stages) -> int:
+    """Plans every stage that reads only existing models; the others are planned when their inputs exist."""
+    base_dir = Path(args.spec).resolve().parent
+    for stage in stages:
+        if stage.needs:
+            print(f"stage {stage.name}: {stage.spec.merge_method} of the outputs of {', '.join(stage.needs)} "
+                  "(planned when they have been merged)")
+            continue
+        plan = plan_spec(stage.spec, base_dir=base_dir, hub=_hub(args))
+        try:
+            print(f"stage {stage.name}: {stage.spec.merge_method} of {len(plan.models)} models, "
+                  f"{len(plan.tensors)} output tensors, {_human(plan.total_bytes)}")
+        finally:
+            for m in plan.models:
+                m.close()
+    print(f"spec ok: {len(stages)} stages, run in this order: {' -> '.join(s.name for s in stages)}")
+    return 0
 
 
 def _fmt(value) -> str:

@@ -24,16 +24,19 @@ from hubmerge.spec.schema import validate_against_schema
 from hubmerge.spec.yamlio import load_yaml_documents
 
 
-def load_spec(path: str | Path) -> MergeSpec:
-    """Read a single-stage spec file."""
+def read_spec_text(path: str | Path) -> str:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"spec file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file {path}: {exc}") from None
-    return parse_spec(text, source=str(path))
+
+
+def load_spec(path: str | Path) -> MergeSpec:
+    """Read a single-stage spec file."""
+    return parse_spec(read_spec_text(path), source=str(path))
 
 
 def parse_spec(text: str, *, source: str = "spec") -> MergeSpec:
@@ -43,7 +46,7 @@ def parse_spec(text: str, *, source: str = "spec") -> MergeSpec:
     if len(docs) > 1:
         raise SpecError(
             f"{source}: holds {len(docs)} YAML documents; a single merge needs exactly one",
-            hint="split the stages into separate files",
+            hint="multi-stage specs (named stages, as mergekit-multi) run with 'hubmerge merge' and 'hubmerge validate'",
         )
     return spec_from_dict(docs[0], source=source)
 
