@@ -144,7 +144,9 @@ def main() -> None:
     print(f"inputs {in_bytes / 1e9:.2f} GB read at {rbw / 1e9:.2f} GB/s; output {out_bytes / 1e9:.2f} GB "
           f"written+fsync at {wbw / 1e9:.2f} GB/s", flush=True)
 
-    exe = Path(sys.executable).parent
+    # As modules of this interpreter: works in a venv and with packages put on PYTHONPATH alike.
+    mergekit_cmd = [sys.executable, "-m", "mergekit.scripts.run_yaml"]
+    hubmerge_cmd = [sys.executable, "-m", "hubmerge.cli"]
     rows = []
     for method in args.methods.split(","):
         spec = models / f"{method}.yml"
@@ -157,10 +159,10 @@ def main() -> None:
                 out = work / f"out-{tool}"
                 shutil.rmtree(out, ignore_errors=True)
                 if tool == "mergekit":
-                    cmd = [str(exe / "mergekit-yaml"), str(spec), str(out), "--allow-crimes",
+                    cmd = mergekit_cmd + [str(spec), str(out), "--allow-crimes",
                            "--no-write-model-card"] + (["--cuda"] if args.device == "cuda" else [])
                 else:
-                    cmd = [str(exe / "hubmerge"), "merge", str(spec), "-o", str(out), "-q", "--device", args.device]
+                    cmd = hubmerge_cmd + ["merge", str(spec), "-o", str(out), "-q", "--device", args.device]
                 times[tool].append(measure(cmd, models))
         # the I/O bound: bytes this method must read (all inputs it touches) and write
         n_inputs = 3 if method not in ("slerp",) else 2
