@@ -26,7 +26,7 @@ from hubmerge.sources.safetensors_format import DTYPES
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFETCH_BYTES = 512 * 1024 * 1024
+DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
 
 
 def pick_device(name: str) -> torch.device:
@@ -112,7 +112,7 @@ class StreamingExecutor:
                    disable=not self.show_progress)
         saved_threads = torch.get_num_threads()
         torch.set_num_threads(self.math_threads)
-        out_q: queue.Queue = queue.Queue(maxsize=2)
+        out_q: queue.Queue = queue.Queue(maxsize=1)
         writer_error: list[BaseException] = []
         stop = threading.Event()
 

@@ -27,7 +27,7 @@ class BufferPool:
     """Recycles read buffers. Fresh large allocations are page-faulted and zeroed by the kernel on every
     use; a merge reads tensors of a handful of sizes over and over, so reusing buffers saves that work."""
 
-    def __init__(self, max_bytes: int = 1 << 30):
+    def __init__(self, max_bytes: int = 128 << 20):
         self.max_bytes = max_bytes
         self._free: list[torch.Tensor] = []
         self._lock = threading.Lock()
