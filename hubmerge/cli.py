@@ -25,6 +25,12 @@ def _add_hub(p: argparse.ArgumentParser) -> None:
                    help="download Hub inputs into the HF cache first instead of streaming them")
 
 
+def _add_pickle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read inputs that only have pytorch_model*.bin pickles (with torch.load(weights_only=True)); "
+                        "off by default because unpickling can run arbitrary code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubmerge", description="Hub-native streaming model merging")
     parser.add_argument("--version", action="version", version=f"hubmerge {__version__}")
@@ -37,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-shard-size", default=None, help="bytes per output shard, e.g. 5GB, 500MB (default 5GB)")
     m.add_argument("--resume", action="store_true", help="reuse fully written shards of an interrupted run")
     m.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    _add_pickle(m)
     _add_hub(m)
     _add_common(m)
 
@@ -56,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the merge before committing (ppl:FILE.txt or jsonl:FILE.jsonl) and refuse to push "
                         "one worse than --max-ppl-ratio times its best parent")
     p.add_argument("--max-ppl-ratio", type=float, default=1.5, help="allowed ratio for --gate-eval (default 1.5)")
+    _add_pickle(p)
     _add_hub(p)
     _add_common(p)
 
@@ -108,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("spec")
     v.add_argument("--max-shard-size", default=None)
     v.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_pickle(v)
     _add_hub(v)
     _add_common(v)
 

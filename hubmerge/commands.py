@@ -44,7 +44,7 @@ def cmd_merge(args) -> int:
     stages = load_stages(args.spec)
     options = MergeOptions(device=args.device, max_shard_size=_shard_size(args), resume=args.resume,
                            overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
-                           show_progress=not args.quiet)
+                           show_progress=not args.quiet, allow_pickle=args.allow_pickle)
     start = time.perf_counter()
     hub = _hub(args)
     result = run_stages(stages, args.output, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
@@ -61,14 +61,14 @@ def cmd_validate(args) -> int:
     if len(stages) > 1:
         return _validate_stages(args, stages)
     spec = stages[0].spec
-    plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=_hub(args))
+    plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=_hub(args), allow_pickle=args.allow_pickle)
     ci_outputs.after_validate(spec, plan)  # $GITHUB_STEP_SUMMARY on CI runners
     try:
         max_shard = _shard_size(args) or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
         shards = shard_layout(plan, max_shard)
         summary = {
             "merge_method": spec.merge_method,
-            "models": [{"name": m.name, "revision": m.revision} for m in plan.models],
+            "models": [{"name": m.name, "revision": m.revision, **_adapter_json(m)} for m in plan.models],
             "layers": plan.num_layers,
             "tensors": len(plan.tensors),
             "output_bytes": plan.total_bytes,
@@ -84,7 +84,7 @@ def cmd_validate(args) -> int:
             return 0
         print(f"spec ok: {spec.merge_method} of {len(plan.models)} models, {plan.num_layers} layers")
         for m in plan.models:
-            print(f"  {m.name}" + (f" @ {m.revision}" if m.revision else ""))
+            print(f"  {m.name}" + (f" @ {m.revision}" if m.revision else "") + _adapter_text(m))
         print(f"{len(plan.tensors)} output tensors, {_human(plan.total_bytes)} in {len(shards)} shard(s); "
               f"reads {_human(plan.input_bytes)}")
         width = max(len(t.name) for t in plan.tensors)
@@ -105,7 +105,7 @@ def _validate_stages(args, stages) -> int:
             print(f"stage {stage.name}: {stage.spec.merge_method} of the outputs of {', '.join(stage.needs)} "
                   "(planned when they have been merged)")
             continue
-        plan = plan_spec(stage.spec, base_dir=base_dir, hub=_hub(args))
+        plan = plan_spec(stage.spec, base_dir=base_dir, hub=_hub(args), allow_pickle=args.allow_pickle)
         try:
             print(f"stage {stage.name}: {stage.spec.merge_method} of {len(plan.models)} models, "
                   f"{len(plan.tensors)} output tensors, {_human(plan.total_bytes)}")
@@ -114,6 +114,18 @@ def _validate_stages(args, stages) -> int:
                 m.close()
     print(f"spec ok: {len(stages)} stages, run in this order: {' -> '.join(s.name for s in stages)}")
     return 0
+
+
+def _adapter_json(model) -> dict:
+    adapter = model.extra.get("adapter")
+    return {"adapter": {"name": adapter.name, "revision": adapter.revision}} if adapter is not None else {}
+
+
+def _adapter_text(model) -> str:
+    adapter = model.extra.get("adapter")
+    if adapter is None:
+        return ""
+    return f" + adapter {adapter.name}" + (f" @ {adapter.revision}" if adapter.revision else "")
 
 
 def _fmt(value) -> str:
@@ -143,7 +155,7 @@ def cmd_push(args) -> int:
     gate = _gate(args, spec, hub, base_dir)
     result = push(spec, hub=hub, repo_id=args.repo, private=args.private, create_pr=args.create_pr,
                   device=args.device, max_shard_size=_shard_size(args), commit_message=args.message,
-                  base_dir=base_dir, show_progress=not args.quiet, gate=gate)
+                  base_dir=base_dir, show_progress=not args.quiet, gate=gate, allow_pickle=args.allow_pickle)
     ci_outputs.after_push(result, previous, endpoint=hub.endpoint, hub=hub)  # $GITHUB_OUTPUT, $GITHUB_STEP_SUMMARY
     if not result.changed:
         print(f"{result.repo_id} is up to date ({result.content_hash}); no commit made")

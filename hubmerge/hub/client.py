@@ -168,7 +168,7 @@ class Hub:
             return Path(hf_hub_download(repo_id, path, revision=sha, endpoint=self.endpoint, token=self.token or False))
 
     # -- models -----------------------------------------------------------------------------
-    def open_model(self, ref: ModelRef):
+    def open_model(self, ref: ModelRef, *, allow_pickle: bool = False):
         from hubmerge.sources.hub_model import open_hub_model
 
-        return open_hub_model(self, ref)
+        return open_hub_model(self, ref, allow_pickle=allow_pickle)

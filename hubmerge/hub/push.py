@@ -64,7 +64,8 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
          create_pr: bool | None = None, device: str = "cpu", max_shard_size: int | None = None,
          commit_message: str | None = None, base_dir: Path | None = None, show_progress: bool = True,
          workdir: Path | None = None, parent: str | None = None,
-         gate: Callable[[Path], None] | None = None, decorate: Callable[[Path], None] | None = None) -> PushResult:
+         gate: Callable[[Path], None] | None = None, decorate: Callable[[Path], None] | None = None,
+         allow_pickle: bool = False) -> PushResult:
     """``parent``: the commit the caller decided from (sync passes the head it checked), so a push that
     raced with another fails instead of committing on top of it.
 
@@ -103,7 +104,7 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
     with tempfile.TemporaryDirectory(prefix="hubmerge-push-", dir=workdir) as tmp:
         out = Path(tmp) / "out"
         options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
-                               show_progress=show_progress, on_shard=upload_shard)
+                               show_progress=show_progress, on_shard=upload_shard, allow_pickle=allow_pickle)
         result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
             plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device, repo_id=repo_id,
             hub=hub))

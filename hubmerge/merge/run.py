@@ -50,6 +50,7 @@ class MergeOptions:
     on_shard: Callable[[Path], None] | None = None  # called with each finished shard (push uploads it)
     # Write only these shards (one part of a merge split across machines); no config, card or index.
     only_shards: set[str] | None = None
+    allow_pickle: bool = False  # read pytorch_model*.bin inputs (through torch.load(weights_only=True))
 
 
 @dataclass
@@ -63,11 +64,12 @@ class MergeResult:
     fingerprint: str = ""
 
 
-def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None) -> dict[ModelRef, ModelSource]:
+def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
+                 allow_pickle: bool = False) -> dict[ModelRef, ModelSource]:
     sources: dict[ModelRef, ModelSource] = {}
     try:
         for ref in spec.referenced_models():
-            sources[ref] = open_model(ref, base_dir=base_dir, hub=hub)
+            sources[ref] = open_model(ref, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     except BaseException:
         for s in sources.values():
             s.close()
@@ -75,8 +77,9 @@ def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = No
     return sources
 
 
-def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None) -> MergePlan:
-    sources = open_sources(spec, base_dir=base_dir, hub=hub)
+def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
+              allow_pickle: bool = False) -> MergePlan:
+    sources = open_sources(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     try:
         return build_plan(spec, sources)
     except BaseException:
@@ -91,6 +94,8 @@ def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
     h.update(f"hubmerge {__version__}\n{plan.method.name}\n{max_shard_size}\n".encode())
     for m in plan.models:
         h.update(f"{m.name}@{m.revision}\n".encode())
+        if m.extra.get("adapter") is not None:  # model+adapter: the adapter is part of the input
+            h.update(f"{m.extra['adapter'].identity}\n".encode())
         for name in sorted(m.tensors):
             i = m.tensors[name]
             h.update(f"{name}:{i.file}:{i.dtype}:{i.shape}:{i.start}:{i.end}\n".encode())
@@ -110,7 +115,7 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
     options = options or MergeOptions()
     target = Path(out_dir)
     max_shard = options.max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
-    plan = plan_spec(spec, base_dir=options.base_dir, hub=hub)
+    plan = plan_spec(spec, base_dir=options.base_dir, hub=hub, allow_pickle=options.allow_pickle)
     try:
         shards = shard_layout(plan, max_shard)
         fingerprint = plan_fingerprint(plan, max_shard)

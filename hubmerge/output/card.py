@@ -143,6 +143,7 @@ def pinned_recipe_block(plan: MergePlan, digest: str | None, *, device: str = "c
     from hubmerge.spec.pin import pinned_document
 
     pins = {m.name: m.revision for m in plan.models if m.is_hub and m.revision}
+    pins.update({a.name: a.revision for a in _adapters(plan) if a.is_hub and a.revision})
     recipe = pinned_document(plan.spec.raw, pins)
     options = dict(recipe.get("hubmerge") or {})
     for recorded in ("pinned", "content_hash", "versions", "device", "generated"):
@@ -161,6 +162,11 @@ def pinned_recipe_block(plan: MergePlan, digest: str | None, *, device: str = "c
     }
 
 
+def _adapters(plan: MergePlan) -> list:
+    """The LoRA adapters folded into inputs (``model+adapter``), which the recipe pins like models."""
+    return [m.extra["adapter"] for m in plan.models if m.extra.get("adapter") is not None]
+
+
 def _base_parent(plan: MergePlan, parents: list[ParentCard]) -> ParentCard | None:
     by_name = {p.name: p for p in parents}
     spec = plan.spec
@@ -175,7 +181,8 @@ def card_metadata(plan: MergePlan, digest: str | None, *, device: str = "cpu",
                   parents: list[ParentCard] | None = None, warn: bool = True) -> dict[str, Any]:
     spec = plan.spec
     parents = parent_cards(plan) if parents is None else parents
-    hub_ids = list(dict.fromkeys(m.name for m in plan.models if m.is_hub))
+    hub_ids = list(dict.fromkeys([m.name for m in plan.models if m.is_hub]
+                                 + [a.name for a in _adapters(plan) if a.is_hub]))  # as mergekit lists LoRAs
     tags = ["merge", "hubmerge", spec.merge_method]
     if plan.method.in_mergekit:
         tags.insert(1, "mergekit")

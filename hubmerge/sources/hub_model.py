@@ -9,15 +9,14 @@ import torch
 
 from hubmerge.errors import SourceError
 from hubmerge.sources.model import (
-    INDEX_FILE,
-    SINGLE_FILE,
     ModelSource,
+    WeightFiles,
     check_relative_file,
     collect_tensors,
+    find_weight_files,
     parse_json_file,
-    refuse_pickle,
-    weight_files_from_index,
 )
+from hubmerge.sources.pickle_reader import PickleReader, pickle_headers
 from hubmerge.sources.readers import LocalFileReader
 from hubmerge.sources.remote import RangeFetcher, RemoteReader, check_size, read_remote_header
 from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse_header
@@ -29,8 +28,9 @@ logger = logging.getLogger(__name__)
 class PerFileReader:
     """Dispatches each tensor to the reader of its file (some files cached locally, others remote)."""
 
-    def __init__(self, readers: dict[str, object]):
+    def __init__(self, readers: dict[str, object], fetcher: RangeFetcher | None = None):
         self.readers = readers
+        self.fetcher = fetcher  # the ranged-read client behind the remote files (tests tune its retries)
 
     def expect(self, infos: list[TensorInfo]) -> None:
         by_reader: dict[int, list[TensorInfo]] = {}
@@ -48,47 +48,31 @@ class PerFileReader:
             reader.close()
 
 
-def open_hub_model(hub, ref: ModelRef) -> ModelSource:
-    repo = ref.path
-    sha = hub.resolved.get(ref) or hub.resolve(repo, ref.revision)
-    hub.resolved[ref] = sha
-    display = f"{repo}@{sha[:12]}"
-    listing = {f.path: f.size for f in hub.list_files(repo, sha)}
-    for path in listing:
-        check_relative_file(path, context=f"{display} file list")
+def hub_weights(hub, repo: str, sha: str, display: str, listing: dict[str, int | None],
+                weights: WeightFiles) -> tuple[dict[str, TensorInfo], PerFileReader]:
+    """Tensor table and reader for the weight files of a Hub repo at a pinned SHA.
 
-    def read_file(name: str) -> bytes | None:
-        if name not in listing:
-            return None
-        return hub.read_small_file(repo, sha, name)
-
-    raw_config = read_file("config.json")
-    if raw_config is None:
-        raise SourceError(f"{display}: no config.json in the repo", hint="is this a transformers model repo?")
-    config = parse_json_file(raw_config, context=f"{display}/config.json")
-    if not isinstance(config, dict):
-        raise SourceError(f"{display}/config.json must be a JSON object")
-
-    weight_map = None
-    if INDEX_FILE in listing:
-        index = parse_json_file(read_file(INDEX_FILE), context=f"{display}/{INDEX_FILE}")
-        weight_map = weight_files_from_index(index, context=f"{display}/{INDEX_FILE}")
-        weight_files = sorted(set(weight_map.values()))
-    elif SINGLE_FILE in listing:
-        weight_files = [SINGLE_FILE]
-    else:
-        weight_files = sorted(p for p in listing if p.endswith(".safetensors") and "/" not in p)
-        if not weight_files:
-            refuse_pickle(list(listing), display)
+    Safetensors files found in the HF cache (or downloaded with ``--download``) are read locally, the
+    others by range requests. Pickles cannot be range-read: they are downloaded into the HF cache."""
+    for file in weights.files:
+        if file not in listing:
+            raise SourceError(f"{display}: the index names {file}, which is not in the repo")
+    if weights.pickle:
+        paths = {}
+        headers: dict[str, dict[str, TensorInfo]] = {}
+        for file in weights.files:
+            paths[file] = hub.cached_file(repo, sha, file) or hub.download_file(repo, sha, file)
+            headers[file] = pickle_headers(paths[file], file, f"{display}/{file}")
+        reader = PickleReader(paths, display)
+        return collect_tensors(headers, weights.weight_map, model=display), PerFileReader(
+            {f: reader for f in weights.files})
 
     fetcher = RangeFetcher(hub.session, hub.auth_headers(), backoff=hub.retry_backoff)
     remote_urls: dict[str, str] = {}
     readers: dict[str, object] = {}
-    headers: dict[str, dict[str, TensorInfo]] = {}
+    headers = {}
     local_readers: dict[Path, LocalFileReader] = {}
-    for file in weight_files:
-        if file not in listing:
-            raise SourceError(f"{display}: the index names {file}, which is not in the repo")
+    for file in weights.files:
         local = hub.cached_file(repo, sha, file)
         if local is None and hub.download:
             local = hub.download_file(repo, sha, file)
@@ -109,16 +93,48 @@ def open_hub_model(hub, ref: ModelRef) -> ModelSource:
         remote = RemoteReader(fetcher, remote_urls, display)
         for file in remote_urls:
             readers[file] = remote
+    return collect_tensors(headers, weights.weight_map, model=display), PerFileReader(readers, fetcher)
 
+
+def pinned_listing(hub, ref: ModelRef) -> tuple[str, str, dict[str, int | None]]:
+    """(SHA, display name, file -> size) of a Hub ref, resolved once per ref and session."""
+    sha = hub.resolved.get(ref) or hub.resolve(ref.path, ref.revision)
+    hub.resolved[ref] = sha
+    display = f"{ref.path}@{sha[:12]}"
+    listing = {f.path: f.size for f in hub.list_files(ref.path, sha)}
+    for path in listing:
+        check_relative_file(path, context=f"{display} file list")
+    return sha, display, listing
+
+
+def open_hub_model(hub, ref: ModelRef, *, allow_pickle: bool = False) -> ModelSource:
+    repo = ref.path
+    sha, display, listing = pinned_listing(hub, ref)
+
+    def read_file(name: str) -> bytes | None:
+        if name not in listing:
+            return None
+        return hub.read_small_file(repo, sha, name)
+
+    raw_config = read_file("config.json")
+    if raw_config is None:
+        raise SourceError(f"{display}: no config.json in the repo", hint="is this a transformers model repo?")
+    config = parse_json_file(raw_config, context=f"{display}/config.json")
+    if not isinstance(config, dict):
+        raise SourceError(f"{display}/config.json must be a JSON object")
+
+    weights = find_weight_files(list(listing), lambda f: parse_json_file(read_file(f), context=f"{display}/{f}"),
+                                display, allow_pickle=allow_pickle)
+    tensors, reader = hub_weights(hub, repo, sha, display, listing, weights)
     return ModelSource(
         ref=ref,
         name=repo,
         config=config,
-        tensors=collect_tensors(headers, weight_map, model=display),
-        reader=PerFileReader(readers),
+        tensors=tensors,
+        reader=reader,
         read_file=read_file,
         list_files=lambda: sorted(listing),
         revision=sha,
         is_hub=True,
-        extra={"fetcher": fetcher},
+        extra={"fetcher": reader.fetcher},
     )

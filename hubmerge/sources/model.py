@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from hubmerge.errors import SourceError
+from hubmerge.sources.pickle_reader import PICKLE_SUFFIXES, PickleReader, pickle_headers, refuse_pickle_files
 from hubmerge.sources.readers import LocalFileReader, TensorReader
 from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse_header
 from hubmerge.spec.model import ModelRef
@@ -87,17 +88,79 @@ def collect_tensors(headers: dict[str, dict[str, TensorInfo]], weight_map: dict[
     return tensors
 
 
+@dataclass(frozen=True)
+class WeightFiles:
+    """Which files hold a model's weights: safetensors (preferred) or, allowed explicitly, pickles."""
+
+    files: list[str]
+    weight_map: dict[str, str] | None  # tensor -> file, from an index
+    pickle: bool = False
+
+
+def find_weight_files(files: list[str], read_json: Callable[[str], Any], model: str, *,
+                      allow_pickle: bool = False, prefix: str = "model") -> WeightFiles:
+    """Pick the weight files from a folder listing. ``read_json(name)`` parses a small JSON file of it.
+
+    ``prefix`` is ``model`` for models and ``adapter_model`` for PEFT adapters. Safetensors always win;
+    pickles (``pytorch_model*.bin``, ``adapter_model.bin``) are used only with ``allow_pickle``."""
+    listing = set(files)
+    index, single = f"{prefix}.safetensors.index.json", f"{prefix}.safetensors"
+    if index in listing:
+        weight_map = weight_files_from_index(read_json(index), context=f"{model}/{index}")
+        return WeightFiles(sorted(set(weight_map.values())), weight_map)
+    if single in listing:
+        return WeightFiles([single], None)
+    top_level = [f for f in sorted(listing) if "/" not in f]
+    safetensors = [f for f in top_level if f.endswith(".safetensors")]
+    if safetensors:
+        return WeightFiles(safetensors, None)
+    pickle_prefix = "pytorch_model" if prefix == "model" else prefix
+    pickle_index, pickle_single = f"{pickle_prefix}.bin.index.json", f"{pickle_prefix}.bin"
+    if pickle_index in listing:
+        weight_map = weight_files_from_index(read_json(pickle_index), context=f"{model}/{pickle_index}")
+        found = WeightFiles(sorted(set(weight_map.values())), weight_map, pickle=True)
+    elif pickle_single in listing:
+        found = WeightFiles([pickle_single], None, pickle=True)
+    else:
+        shards = [f for f in top_level if f.startswith(pickle_prefix) and f.endswith(".bin")]
+        found = WeightFiles(shards, None, pickle=True)
+    if not found.files:
+        refuse_pickle(list(listing), model)
+    if not allow_pickle:
+        raise refuse_pickle_files(found.files, model)
+    return found
+
+
 def refuse_pickle(files: list[str], model: str) -> None:
-    pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickles:
-        raise SourceError(
-            f"{model} has only pickle checkpoints ({', '.join(sorted(pickles)[:3])}), which can run arbitrary code",
-            hint="convert the model to safetensors first (for example with transformers' save_pretrained)",
-        )
+        raise refuse_pickle_files(pickles, model)
     raise SourceError(f"{model}: no .safetensors weights found")
 
 
-def open_local_model(ref: ModelRef, root: Path) -> ModelSource:
+def local_weights(root: Path, weights: WeightFiles, name: str) -> tuple[dict[str, TensorInfo], TensorReader]:
+    """Tensor table and reader for the weight files of a local folder."""
+    headers = {}
+    for file in weights.files:
+        path = root / check_relative_file(file, context=name)
+        if not path.is_file():
+            raise SourceError(f"{name}: weight file {file} is missing", hint="the download may be incomplete")
+    if weights.pickle:
+        for file in weights.files:
+            headers[file] = pickle_headers(root / file, file, f"{name}/{file}")
+        reader: TensorReader = PickleReader({f: root / f for f in weights.files}, name, root=root)
+    else:
+        local = LocalFileReader(root)
+        for file in weights.files:
+            size = (root / file).stat().st_size
+            n = header_length(local.read_prefix(file, 8), file=f"{name}/{file}", file_size=size)
+            raw = local.read_prefix(file, n, 8)
+            headers[file] = parse_header(raw, file=file, file_size=size, display=f"{name}/{file}").tensors
+        reader = local
+    return collect_tensors(headers, weights.weight_map, model=name), reader
+
+
+def open_local_model(ref: ModelRef, root: Path, *, allow_pickle: bool = False) -> ModelSource:
     name = ref.path
     if not root.is_dir():
         raise SourceError(f"model folder not found: {root}")
@@ -109,28 +172,9 @@ def open_local_model(ref: ModelRef, root: Path) -> ModelSource:
     if not isinstance(config, dict):
         raise SourceError(f"{name}/config.json must be a JSON object")
 
-    weight_map = None
-    if (root / INDEX_FILE).is_file():
-        index = parse_json_file((root / INDEX_FILE).read_bytes(), context=f"{name}/{INDEX_FILE}")
-        weight_map = weight_files_from_index(index, context=f"{name}/{INDEX_FILE}")
-        weight_files = sorted(set(weight_map.values()))
-    elif (root / SINGLE_FILE).is_file():
-        weight_files = [SINGLE_FILE]
-    else:
-        weight_files = [f for f in files if f.endswith(".safetensors") and "/" not in f]
-        if not weight_files:
-            refuse_pickle(files, name)
-
-    reader = LocalFileReader(root)
-    headers = {}
-    for file in weight_files:
-        path = root / file
-        if not path.is_file():
-            raise SourceError(f"{name}: weight file {file} is missing", hint="the download may be incomplete")
-        size = path.stat().st_size
-        n = header_length(reader.read_prefix(file, 8), file=f"{name}/{file}", file_size=size)
-        raw = reader.read_prefix(file, n, 8)
-        headers[file] = parse_header(raw, file=file, file_size=size, display=f"{name}/{file}").tensors
+    weights = find_weight_files(files, lambda f: parse_json_file((root / f).read_bytes(), context=f"{name}/{f}"),
+                                name, allow_pickle=allow_pickle)
+    tensors, reader = local_weights(root, weights, name)
 
     def read_file(rel: str) -> bytes | None:
         path = root / check_relative_file(rel, context=name)
@@ -140,36 +184,56 @@ def open_local_model(ref: ModelRef, root: Path) -> ModelSource:
         ref=ref,
         name=name,
         config=config,
-        tensors=collect_tensors(headers, weight_map, model=name),
+        tensors=tensors,
         reader=reader,
         read_file=read_file,
         list_files=lambda: files,
     )
 
 
-def open_model(ref: ModelRef, *, base_dir: Path | None = None, hub: Any = None) -> ModelSource:
-    """Open a model reference: a local folder if one exists at the path, else a Hub repo (via ``hub``)."""
-    if ref.lora is not None:
-        raise SourceError(f"{ref}: LoRA adapter inputs are not supported yet", hint="merge the adapter first")
+def local_folder(ref: ModelRef, base_dir: Path | None = None) -> Path | None:
+    """The local folder a reference names, or None when it is not one (then it may be a Hub repo)."""
     local = Path(ref.path).expanduser()
     if not local.is_absolute() and base_dir is not None and (base_dir / local).exists():
         local = base_dir / local
-    if local.exists():
-        if ref.revision:
-            raise SourceError(f"{ref}: a revision ('@{ref.revision}') only applies to Hub models, "
-                              f"but {ref.path} is a local folder")
-        return open_local_model(ref, local)
+    if not local.exists():
+        return None
+    if ref.revision:
+        raise SourceError(f"{ref}: a revision ('@{ref.revision}') only applies to Hub models, "
+                          f"but {ref.path} is a local folder")
+    return local
+
+
+def on_hub(ref: ModelRef, hub: Any, open_remote: Callable[[], Any]) -> Any:
+    """``open_remote()`` for a reference that is not a local folder, with one error naming both halves."""
+    local = Path(ref.path).expanduser()
     if hub is not None and _looks_like_repo_id(ref.path):
         from hubmerge.errors import HubError
 
         try:
-            return hub.open_model(ref)
+            return open_remote()
         except HubError as exc:
             # Say both halves: people mistype local paths far more often than repo ids.
             raise HubError(f"model not found: {ref}: no local folder at {local}, and on the Hub: {exc.message}",
                            hint=exc.hint) from None
     hint = "check the path" if not _looks_like_repo_id(ref.path) else "Hub models need network access"
     raise SourceError(f"model not found: {ref} (no local folder at {local})", hint=hint)
+
+
+def open_model(ref: ModelRef, *, base_dir: Path | None = None, hub: Any = None,
+               allow_pickle: bool = False) -> ModelSource:
+    """Open a model reference: a local folder if one exists at the path, else a Hub repo (via ``hub``).
+
+    ``model+adapter`` references fold the PEFT adapter into the model's tensors as they are read.
+    ``allow_pickle`` lets models (and adapters) that only have pickle checkpoints be read."""
+    if ref.lora is not None:
+        from hubmerge.sources.lora import open_with_adapter
+
+        return open_with_adapter(ref, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
+    local = local_folder(ref, base_dir)
+    if local is not None:
+        return open_local_model(ref, local, allow_pickle=allow_pickle)
+    return on_hub(ref, hub, lambda: hub.open_model(ref, allow_pickle=allow_pickle))
 
 
 def _looks_like_repo_id(path: str) -> bool:

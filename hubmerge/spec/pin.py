@@ -21,6 +21,8 @@ def _map_ref(value: Any, fn: RefMap) -> Any:
         out = dict(value)
         base = _map_ref(value["model"], fn)
         out["model"] = base
+        if value.get("lora") is not None:  # {model: ..., lora: ...}: the adapter is a model reference too
+            out["lora"] = _map_ref(value["lora"], fn)
         return out
     return value
 
@@ -62,12 +64,13 @@ def pinned_document(doc: dict[str, Any], pins: dict[str, str]) -> dict[str, Any]
     track: dict[str, str] = {}
 
     def pin(ref: ModelRef) -> ModelRef:
+        lora = pin(ref.lora) if ref.lora is not None else None  # model+adapter: both halves pinned
         sha = pins.get(ref.path)
         if sha is None:
-            return ref
+            return ModelRef(ref.path, ref.revision, lora)
         if ref.revision != sha:
             track.setdefault(ref.path, ref.revision or "main")
-        return ModelRef(ref.path, sha, ref.lora)
+        return ModelRef(ref.path, sha, lora)
 
     out = map_model_refs(doc, pin)
     if track:
