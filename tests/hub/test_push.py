@@ -13,23 +13,13 @@ import torch
 import yaml
 from safetensors.torch import load as load_safetensors
 
-from helpers import assert_same_tensors, family, load_folder, publish_folder, run_cli
+from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, publish_folder, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
 from hubmerge.hub.push import push, spec_from_repo
 from hubmerge.merge.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
 
-SPEC = """
-merge_method: ties
-base_model: {base}
-models:
-  - model: {chat}
-    parameters: {{weight: 0.6, density: 0.5}}
-  - model: {math}
-    parameters: {{weight: [0.2, 0.8], density: 0.7}}
-dtype: bfloat16
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +46,7 @@ _weights = iter(range(1, 10_000))
 
 def _hub_spec(upstream, target=None, unique=False):
     """``unique``: a weight no other test uses, so the output's blobs are new to the server."""
-    text = SPEC.format(**upstream)
+    text = TIES_SPEC.format(**upstream)
     if unique:
         text = text.replace("weight: 0.6", f"weight: {0.3 + next(_weights) / 100}")  # distinct even in bf16
     if target:
@@ -88,7 +78,7 @@ def test_push_makes_one_commit_equal_to_local_merge(hub, upstream, local_family,
     assert {"config.json", "README.md", "tokenizer.json", "model.safetensors.index.json"} <= set(files)
 
     # Same merge from local folders: bit for bit.
-    local_spec = parse_spec(SPEC.format(base="base", chat="chat", math="math"))
+    local_spec = parse_spec(TIES_SPEC.format(base="base", chat="chat", math="math"))
     local = run_merge(local_spec, tmp_path / "local", MergeOptions(base_dir=local_family, show_progress=False))
     assert_same_tensors(_repo_tensors(hub, target), load_folder(local.output))
     assert result.content_hash == local.content_hash
@@ -123,7 +113,7 @@ def test_second_push_is_a_no_op(hub, upstream, repo_id_factory):
 def test_push_from_readme_recipe_keeps_user_prose(hub, upstream, repo_id_factory):
     target = repo_id_factory()
     hub.create_repo(target)
-    recipe = yaml.safe_load(SPEC.format(**upstream))
+    recipe = yaml.safe_load(TIES_SPEC.format(**upstream))
     readme = "---\nlicense: mit\ntags: [my-tag]\nhubmerge:\n" + \
         "\n".join("  " + line for line in yaml.safe_dump({"recipe": recipe}).splitlines()) + \
         "\n---\n\n# My model\n\nSome words of mine.\n"
@@ -205,7 +195,7 @@ def test_concurrent_pushes_one_wins(hub, upstream, repo_id_factory):
     target = repo_id_factory()
     hub.create_repo(target)
     hub.stall(1.0, times=2, path=r"/commit/")
-    specs = [_hub_spec(upstream, target), parse_spec(SPEC.format(**upstream).replace("0.6", "0.4")
+    specs = [_hub_spec(upstream, target), parse_spec(TIES_SPEC.format(**upstream).replace("0.6", "0.4")
                                                      + f"hubmerge:\n  target: {target}\n")]
     outcomes: list = []
 
@@ -239,7 +229,7 @@ def test_create_pr_leaves_main_untouched(hub, upstream, repo_id_factory):
 def test_token_never_printed_or_committed(hub, upstream, repo_id_factory, tmp_path, hub_token):
     target = repo_id_factory()
     spec = tmp_path / "spec.yml"
-    spec.write_text(SPEC.format(**upstream) + f"hubmerge:\n  target: {target}\n")
+    spec.write_text(TIES_SPEC.format(**upstream) + f"hubmerge:\n  target: {target}\n")
     proc = run_cli("push", str(spec), "--debug", env={"HF_ENDPOINT": hub.url})
     assert proc.returncode == 0, proc.stderr
     assert hub_token not in proc.stdout + proc.stderr

@@ -7,6 +7,8 @@ import re
 
 import yaml
 
+from helpers import parse_mermaid
+
 from hubmerge.output.lineage import (
     CardInfo,
     Lineage,
@@ -23,18 +25,6 @@ def _card(meta: dict, body: str = "# m\n") -> str:
     return "---\n" + yaml.safe_dump(meta) + "---\n\n" + body
 
 
-def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str, str]], dict[str, str]]:
-    """(node id -> first label line, {(parent label, child label, edge label)}, node id -> click URL)."""
-    nodes, edges, clicks = {}, set(), {}
-    for line in text.splitlines():
-        if m := re.fullmatch(r"\s+(\w+)\(?\[\"(.*?)\"\]\)?", line):
-            nodes[m.group(1)] = m.group(2).split("<br/>")[0]
-    for line in text.splitlines():
-        if m := re.fullmatch(r'\s+(\w+) -->\|"(.*?)"\| (\w+)', line):
-            edges.add((nodes[m.group(1)], nodes[m.group(3)], m.group(2)))
-        elif m := re.fullmatch(r'\s+click (\w+) href "(.*?)" _blank', line):
-            clicks[m.group(1)] = m.group(2)
-    return nodes, edges, clicks
 
 
 def test_parents_from_each_kind_of_card():
