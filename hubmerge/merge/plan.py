@@ -17,6 +17,7 @@ import torch
 from hubmerge.errors import PlanError, SpecError
 from hubmerge.merge.layout import ModelLayout, analyse, input_embedding_name, is_output_embedding
 from hubmerge.merge.methods import MergeMethod
+from hubmerge.merge.tokenizer import planning as tokenization
 from hubmerge.sources.model import ModelSource
 from hubmerge.sources.safetensors_format import DTYPE_NAMES, ITEM_SIZES, DTYPES, TensorInfo
 from hubmerge.spec.model import MergeSpec, ModelRef, OutputSlice, Parameters, SliceSource
@@ -46,6 +47,8 @@ class PlannedTensor:
     others: tuple[PlannedInput, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None  # for random methods: derived from (spec seed, tensor name)
+    # Vocabulary-axis tensors: how the executor re-indexes the inputs onto the output tokenizer on read.
+    vocab: tokenization.VocabAlignment | None = field(default=None, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +69,8 @@ class MergePlan:
     config_source: int  # index of the model whose config.json the output starts from
     tokenizer_source: int
     layer_origin: list[int] = field(default_factory=list)  # per output layer: the source layer it came from
+    tokenizer: tokenization.OutputTokenizer | None = None  # built when the spec has tokenizer_source / tokenizer
+    chat_template: str | None = None  # resolved text to write into the output tokenizer config
 
     @property
     def total_bytes(self) -> int:
@@ -112,6 +117,7 @@ class Planner:
         self.tensors: list[PlannedTensor] = []
         self.seen: set[str] = set()
         self.layer_origin: list[int] = []
+        self.tokenizer: tokenization.OutputTokenizer | None = None
 
     def model_index(self, ref: ModelRef) -> int:
         return self.refs.index(ref)
@@ -138,6 +144,10 @@ class Planner:
 
         first, last = groups[0], groups[-1]
         ref_first = self._reference(first)
+        tokenization.check_vocab_sizes(self.spec, self.sources)
+        tokenizer_ref = self._tokenizer_ref(ref_first)
+        chat_template = tokenization.chat_template_for(self.spec, self.sources)
+        self.tokenizer = tokenization.prepare_tokenizer(self.spec, self.refs, self.sources, tokenizer_ref)
         self._plan_flat(first, self.layouts[ref_first].pre, ref_first)
         out_layer = 0
         for g in groups:
@@ -149,9 +159,9 @@ class Planner:
         ref_last = self._reference(last)
         self._plan_flat(last, self.layouts[ref_last].post, ref_last)
 
-        tokenizer_ref = self._tokenizer_ref(ref_first)
         return MergePlan(self.spec, self.method, self.sources, self.tensors, out_layer,
-                         self.model_index(ref_first), self.model_index(tokenizer_ref), self.layer_origin)
+                         self.model_index(ref_first), self.model_index(tokenizer_ref), self.layer_origin,
+                         self.tokenizer, chat_template)
 
     def _reference(self, g: _Group) -> ModelRef:
         """The model whose tensor names and config shape the output: the base if it is an input."""
@@ -160,11 +170,8 @@ class Planner:
 
     def _tokenizer_ref(self, default: ModelRef) -> ModelRef:
         tk = self.spec.tokenizer
-        if tk is None or tk.source == "base":
+        if tk is None or tk.source in ("base", "union"):  # union starts from the base's tokenizer
             return self.spec.base_model if self.spec.base_model in self.refs else default
-        if tk.source == "union":
-            raise SpecError("tokenizer source 'union' is not supported yet", path="tokenizer_source",
-                            hint="use 'base' or a model that every input shares a vocabulary with")
         if tk.source not in self.refs:
             raise SpecError(f"tokenizer source {tk.source} is not one of the input models", path="tokenizer_source")
         return tk.source
@@ -174,7 +181,7 @@ class Planner:
         """Pre- or post-layer tensors: same name in every input, parameters at t=0."""
         for name in names:
             inputs = [(s, self._find(s.model, name)) for s in g.sources]
-            self._add(g, name, inputs, t=0.0)
+            self._add(g, name, inputs, t=0.0, flat=True)
 
     def _plan_layer(self, g: _Group, offset: int, out_index: int, t: float) -> None:
         ref_src = next(s for s in g.sources if s.model == self._reference(g))
@@ -203,17 +210,25 @@ class Planner:
                             hint="the models do not share an architecture")
         return info
 
-    def _add(self, g: _Group, out_name: str, inputs: list[tuple[SliceSource, TensorInfo]], t: float) -> None:
+    def _add(self, g: _Group, out_name: str, inputs: list[tuple[SliceSource, TensorInfo]], t: float,
+             flat: bool = False) -> None:
         if out_name in self.seen:
             raise PlanError(f"output tensor '{out_name}' would be written twice")
         self.seen.add(out_name)
-        self._check_shapes(out_name, inputs)
         method = self.method
         uses_base = method.base != "ignored" and g.base is not None and any(s.model == g.base for s, _ in inputs)
         base_pair = next(((s, i) for s, i in inputs if s.model == g.base), None) if uses_base else None
         other_pairs = [(s, i) for s, i in inputs if not (uses_base and s.model == g.base)]
         if uses_base and len(other_pairs) == len(inputs):
             other_pairs = other_pairs[1:]
+        alignment = None
+        if flat and self.tokenizer is not None:  # only non-layer tensors run over the vocabulary
+            planned = ([base_pair] if base_pair else []) + other_pairs
+            alignment = tokenization.align_tensor(
+                self.tokenizer, tensor=out_name, inputs=[(self.model_index(s.model), i) for s, i in inputs],
+                sources=self.sources, base=self.model_index(g.base) if g.base in self.refs else None,
+                order=[next(k for k, q in enumerate(inputs) if q[0] is p[0] and q[1] is p[1]) for p in planned])
+        self._check_shapes(out_name, inputs, alignment)
 
         shared_levels = [g.slice_params, self.spec.module_parameters, self.spec.parameters]
         kwargs: dict[str, Any] = {}
@@ -244,11 +259,13 @@ class Planner:
         out_dtype = DTYPE_NAMES[TORCH_DTYPES[self.spec.out_dtype]] if self.spec.out_dtype else compute
         seed = tensor_seed(self.spec.hubmerge.seed, out_name) if method.random else None
         shape = inputs[0][1].shape
+        if alignment is not None:  # re-indexed onto the output vocabulary
+            shape = alignment.out_shape(shape, alignment.axes[0])
         self.tensors.append(PlannedTensor(
             name=out_name, shape=shape, dtype=out_dtype, compute_dtype=compute,
             base=PlannedInput(self.model_index(base_pair[0].model), base_pair[1]) if base_pair else None,
             others=tuple(PlannedInput(self.model_index(s.model), i) for s, i in other_pairs),
-            kwargs=kwargs, seed=seed))
+            kwargs=kwargs, seed=seed, vocab=alignment))
 
     def _resolve(self, p, levels, tensor_name, t, *, where, model=None):
         try:
@@ -264,8 +281,11 @@ class Planner:
             value = p.default
         return value
 
-    def _check_shapes(self, name: str, inputs: list[tuple[SliceSource, TensorInfo]]) -> None:
-        shapes = {(str(s.model), i.shape) for s, i in inputs}
+    def _check_shapes(self, name: str, inputs: list[tuple[SliceSource, TensorInfo]],
+                      alignment: tokenization.VocabAlignment | None = None) -> None:
+        # Vocabulary-axis tensors are compared as re-indexed onto the output tokenizer.
+        shapes = {(str(s.model), alignment.out_shape(i.shape, axis) if alignment else i.shape)
+                  for (s, i), axis in zip(inputs, alignment.axes if alignment else [0] * len(inputs))}
         if len({sh for _, sh in shapes}) > 1:
             detail = ", ".join(f"{m} {list(sh)}" for m, sh in sorted(shapes))
             embedding = is_output_embedding(name) or "embed" in name or "wte" in name
@@ -312,4 +332,6 @@ def output_config(plan: MergePlan) -> dict[str, Any]:
             config["torch_dtype"] = name
         if "dtype" in config:
             config["dtype"] = name
+    if plan.tokenizer is not None:
+        tokenization.set_vocab_size(config, plan.tokenizer.rows)
     return config

@@ -13,6 +13,7 @@ from hubmerge import __version__
 from hubmerge.errors import HubmergeError
 from hubmerge.merge.executor import StreamingExecutor
 from hubmerge.merge.plan import MergePlan, build_plan, output_config
+from hubmerge.merge.tokenizer import TOKENIZER_FILES, write_tokenizer_files  # noqa: F401 (TOKENIZER_FILES re-exported)
 from hubmerge.output.folder import commit_partial, discard_partial, prepare_partial
 from hubmerge.output.shards import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -30,12 +31,6 @@ from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.yamlio import dump_yaml
 
 logger = logging.getLogger(__name__)
-
-# Files carried over from the tokenizer source (the tokenizer and how to generate with it).
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
-)
 
 
 @dataclass
@@ -102,7 +97,8 @@ def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
     for t in plan.tensors:
         h.update(json.dumps([t.name, t.shape, t.dtype, t.compute_dtype,
                              [(i.model, i.info.name) for i in t.inputs],
-                             t.base is not None, t.kwargs, t.seed], default=str).encode())
+                             t.base is not None, t.kwargs, t.seed] + ([t.vocab.digest] if t.vocab else []),
+                            default=str).encode())
     return h.hexdigest()
 
 
@@ -190,12 +186,7 @@ def finalize_folder(plan: MergePlan, folder: Path, shards, digest: str) -> list[
     config = output_config(plan)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     files.append("config.json")
-    tokenizer_source = plan.models[plan.tokenizer_source]
-    for name in TOKENIZER_FILES:
-        data = tokenizer_source.read_file(name)
-        if data is not None:
-            (folder / name).write_bytes(data)
-            files.append(name)
+    files += write_tokenizer_files(plan, folder)  # built (union, overrides, chat template) or copied
     (folder / "mergekit_config.yml").write_text(dump_yaml(recipe_document(plan.spec)))
     files.append("mergekit_config.yml")
     return files
