@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
 from hubmerge.errors import SourceError
@@ -191,13 +193,32 @@ def open_local_model(ref: ModelRef, root: Path, *, allow_pickle: bool = False) -
     )
 
 
-def local_folder(ref: ModelRef, base_dir: Path | None = None) -> Path | None:
-    """The local folder a reference names, or None when it is not one (then it may be a Hub repo)."""
-    local = Path(ref.path).expanduser()
-    if not local.is_absolute() and base_dir is not None and (base_dir / local).exists():
-        local = base_dir / local
-    if not local.exists():
+def _windows_path(path: str) -> PureWindowsPath | None:
+    """A path written on Windows (``C:\\models\\x``, ``models\\x``), as published configs often hold."""
+    if os.name == "nt" or not ("\\" in path or re.match(r"^[A-Za-z]:[\\/]", path)):
         return None
+    return PureWindowsPath(path)
+
+
+def local_folder(ref: ModelRef, base_dir: Path | None = None) -> Path | None:
+    """The local folder a reference names, or None when it is not one (then it may be a Hub repo).
+
+    A Windows path read on another system is mapped to a local folder: a relative one by its parts, an
+    absolute one (``C:\\Users\\me\\models\\Mistral-7B``) by its last part, next to the spec or in the
+    working directory, so configs copied from a Windows machine run unchanged."""
+    windows = _windows_path(ref.path)
+    if windows is None:
+        local = Path(ref.path).expanduser()
+        candidates = [base_dir / local] if not local.is_absolute() and base_dir is not None else []
+        candidates.append(local)
+    else:
+        relative = Path(windows.name) if windows.anchor else Path(*windows.parts)
+        candidates = ([base_dir / relative] if base_dir is not None else []) + [relative]
+    local = next((c for c in candidates if c.exists()), None)
+    if local is None:
+        return None
+    if windows is not None:
+        logger.info("Windows path %s mapped to the local folder %s", ref.path, local)
     if ref.revision:
         raise SourceError(f"{ref}: a revision ('@{ref.revision}') only applies to Hub models, "
                           f"but {ref.path} is a local folder")
@@ -216,6 +237,12 @@ def on_hub(ref: ModelRef, hub: Any, open_remote: Callable[[], Any]) -> Any:
             # Say both halves: people mistype local paths far more often than repo ids.
             raise HubError(f"model not found: {ref}: no local folder at {local}, and on the Hub: {exc.message}",
                            hint=exc.hint) from None
+    windows = _windows_path(ref.path)
+    if windows is not None:
+        name = windows.name if windows.anchor else windows.as_posix()
+        raise SourceError(f"model not found: {ref} is a Windows path and no folder '{name}' is next to the spec "
+                          "or in the working directory", hint=f"copy or link the model folder to ./{name}, or use its "
+                                                              "Hub repo id")
     hint = "check the path" if not _looks_like_repo_id(ref.path) else "Hub models need network access"
     raise SourceError(f"model not found: {ref} (no local folder at {local})", hint=hint)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -236,3 +237,37 @@ def test_random_text_parses_or_raises_spec_error(text):
         parse_spec(text)
     except SpecError:
         pass
+
+
+def test_windows_paths_in_published_configs_map_to_local_folders(tmp_path):
+    """Configs copied from Windows name folders like C:\\models\\x; they resolve to ./x beside the spec."""
+    from helpers import family, load_folder, run_cli
+
+    family(tmp_path)
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "math").rename(tmp_path / "nested" / "math")
+    spec = tmp_path / "win.yml"
+    spec.write_text(
+        "merge_method: linear\r\n"
+        "models:\r\n"
+        "  - model: C:\\Users\\me\\text-generation-webui\\models\\chat   \r\n"
+        "    parameters:\r\n"
+        "      weight: 0.5\r\n"
+        "  - model: nested\\math\r\n"
+        "    parameters: {weight: 0.5}\r\n"
+        "  - model: 'D:/merges/code'\r\n"
+        "    parameters: {weight: 0.25}\r\n"
+    )
+    out = tmp_path / "out"
+    proc = run_cli("merge", str(spec), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Windows path C:\\Users\\me\\text-generation-webui\\models\\chat mapped to the local folder" in proc.stderr
+    chat, math, code = (load_folder(tmp_path / p) for p in ("chat", "nested/math", "code"))
+    merged = load_folder(out)
+    name = "model.layers.0.mlp.up_proj.weight"
+    expected = (0.5 * chat[name].float() + 0.5 * math[name].float() + 0.25 * code[name].float()) / 1.25
+    torch.testing.assert_close(merged[name].float(), expected, atol=1e-2, rtol=1e-2)
+
+    spec.write_text(spec.read_text().replace("models\\chat", "models\\missing"))
+    proc = run_cli("merge", str(spec), "-o", str(out), "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 2 and "is a Windows path and no folder 'missing'" in proc.stderr
