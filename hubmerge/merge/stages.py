@@ -60,7 +60,8 @@ def run_stages(stages: list[Stage], out_dir: str | Path, options: MergeOptions |
     ok = False
     try:
         for number, stage in enumerate(to_run, 1):
-            logger.info("stage %d/%d: %s", number, len(to_run), stage.name)
+            if len(stages) > 1:
+                logger.info("stage %d/%d: %s", number, len(to_run), stage.name)
             spec = with_stage_outputs(stage, made)
             if stage is final:
                 result = run_merge(spec, out_dir, options, hub=hub, card_writer=card_writer)
