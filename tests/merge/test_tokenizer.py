@@ -242,3 +242,24 @@ def test_tied_embeddings_model_is_aligned_through_its_input_embedding(tmp_path):
     for token, tid in vocab_a.items():
         row = raw_t["model.embed_tokens.weight"][vocab_t[token]]
         assert torch.equal(out["lm_head.weight"][tid], row) and torch.equal(out["model.embed_tokens.weight"][tid], row)
+
+
+def test_tokens_past_vocab_size_are_dropped(tmp_path):
+    """A tokenizer with more entries than the embedding has rows (config vocab_size 34, tokenizer 36)."""
+    from hubmerge.demo import TinyShape, base_weights, write_model
+    from tokenizer_models import write_vocab_tokenizer
+
+    shape = TinyShape(vocab=34, layers=2)
+    write_model(tmp_path / "big", base_weights(shape, 7), shape, tokenizer=False)
+    write_vocab_tokenizer(tmp_path / "big", SPECIALS + words(32))  # w30, w31 have no row
+    vocab_model(tmp_path / "other", SPECIALS + words(32)[::-1][:30], seed=8)  # 34 tokens: w31..w2
+    spec = parse_spec("merge_method: linear\nbase_model: big\nmodels:\n  - model: big\n    parameters: {weight: 1}\n"
+                      "  - model: other\n    parameters: {weight: 1}\ntokenizer_source: union\n")
+    plan = plan_spec(spec, base_dir=tmp_path)
+    vocab = plan.tokenizer.vocab
+    assert "w30" in vocab and "w31" in vocab  # from other, where they do have rows
+    assert vocab["w30"] >= 34 and vocab["w31"] >= 34 and len(vocab) == 36
+    big = plan.tokenizer.permutations[0]
+    assert int(big[vocab["w30"]]) == -1 and int(big[vocab["w31"]]) == -1 and int(big.max()) == 33
+    for m in plan.models:
+        m.close()
