@@ -85,10 +85,13 @@ def test_alpaca_and_exaone_render_their_formats(renderer):
         "[|system|][|endofturn|]\n[|user|] hi \n")
 
 
+FOUR = ("merge_method: linear\nbase_model: base\nmodels:\n  - model: base\n    parameters: {weight: 1}\n"
+        "  - model: chat\n    parameters: {weight: 1}\n  - model: code\n    parameters: {weight: 1}\n"
+        "  - model: math\n    parameters: {weight: 1}\n")
+
+
 def _merge(models: Path, out: Path, tail: str) -> dict:
-    spec = parse_spec("merge_method: linear\nbase_model: base\nmodels:\n  - model: base\n    parameters: {weight: 1}\n"
-                      "  - model: chat\n    parameters: {weight: 1}\n  - model: code\n    parameters: {weight: 1}\n"
-                      "  - model: math\n    parameters: {weight: 1}\n" + tail)
+    spec = parse_spec(FOUR + tail)
     run_merge(spec, out, MergeOptions(base_dir=models, show_progress=False))
     return json.loads((out / "tokenizer_config.json").read_text())
 
@@ -129,9 +132,7 @@ def test_chat_template_like_mergekit(models, tmp_path, renderer, value):
     tail = f"chat_template: {value}\n"
     _merge(models, tmp_path / "ours", tail)
     spec_path = models / f"chat-{value}.yml"
-    spec_path.write_text("merge_method: linear\nbase_model: base\nmodels:\n  - model: base\n    parameters: {weight: 1}\n"
-                         "  - model: chat\n    parameters: {weight: 1}\n  - model: code\n    parameters: {weight: 1}\n"
-                         "  - model: math\n    parameters: {weight: 1}\n" + tail)
+    spec_path.write_text(FOUR + tail)
     run_mergekit(spec_path, tmp_path / "theirs")
     ours = AutoTokenizer.from_pretrained(str(tmp_path / "ours")).chat_template
     theirs = AutoTokenizer.from_pretrained(str(tmp_path / "theirs")).chat_template
