@@ -286,7 +286,9 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
         parent = by_name.get(s.path)
         is_hub = parent.is_hub if parent is not None else bool(s.revision)
         revision = s.revision if is_hub else None
-        role = "base" if "base" in s.roles else ("slice" if "slice" in s.roles else "model")
+        role = next((r for r in ("base", "slice", "model", "adapter") if r in s.roles), "model")
+        if role == "adapter":
+            role = "LoRA adapter (folded into its model)"
         params = format_params(s.params)
         if s.layers:
             params = ", ".join(filter(None, ["layers " + ", ".join(f"{a}-{b}" for a, b in s.layers), params]))

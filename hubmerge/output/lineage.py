@@ -66,7 +66,7 @@ class RecipeParent:
 
     path: str
     revision: str | None
-    roles: list[str] = field(default_factory=list)  # "base", "model", "slice"
+    roles: list[str] = field(default_factory=list)  # "base", "model", "slice", "adapter"
     params: dict[str, Any] = field(default_factory=dict)
     layers: list[tuple[int, int]] = field(default_factory=list)
 
@@ -90,22 +90,36 @@ class RecipeParent:
 
 
 def _ref_of(value: Any) -> tuple[str, str | None] | None:
-    """(path, revision) of a raw model reference; LoRA parts are dropped; None when unreadable."""
+    """(path, revision) of a raw model reference, its LoRA adapter left out; None when unreadable."""
+    refs = _refs_of(value)
+    return refs[0] if refs else None
+
+
+def _adapter_of(value: Any) -> tuple[str, str | None] | None:
+    """(path, revision) of the LoRA adapter a raw model reference folds in (``model+adapter``, ``lora:``)."""
+    refs = _refs_of(value)
+    return refs[1] if len(refs) > 1 else None
+
+
+def _refs_of(value: Any) -> list[tuple[str, str | None]]:
+    """[model] or [model, adapter] of a raw model reference; [] when unreadable."""
     from hubmerge.spec.parse import parse_ref
 
     if isinstance(value, str):
         try:
             ref = parse_ref(value)
         except HubmergeError:
-            return None
-        return ref.path, ref.revision
+            return []
+        return [(ref.path, ref.revision)] + ([(ref.lora.path, ref.lora.revision)] if ref.lora is not None else [])
     if isinstance(value, dict):
         if isinstance(value.get("path"), str):
             rev = value.get("revision")
-            return value["path"], rev if isinstance(rev, str) else None
+            return [(value["path"], rev if isinstance(rev, str) else None)]
         if "model" in value:
-            return _ref_of(value["model"])
-    return None
+            model = _refs_of(value["model"])
+            adapter = _refs_of(value["lora"])[:1] if value.get("lora") is not None else []
+            return model + adapter
+    return []
 
 
 def recipe_parents(recipe: dict[str, Any]) -> list[RecipeParent]:
@@ -116,6 +130,12 @@ def recipe_parents(recipe: dict[str, Any]) -> list[RecipeParent]:
         ref = _ref_of(raw)
         if ref is None:
             return
+        add_ref(ref, role, params, layers)
+        adapter = _adapter_of(raw)
+        if adapter is not None:  # folded into the model's weights: a parent of its own
+            add_ref(adapter, "adapter")
+
+    def add_ref(ref: tuple[str, str | None], role: str, params: Any = None, layers: Any = None) -> None:
         parent = found.setdefault(ref[0], RecipeParent(ref[0], ref[1]))
         if parent.revision is None and ref[1]:
             parent.revision = ref[1]
@@ -237,6 +257,9 @@ def parents_of(info: CardInfo) -> list[ParentLink]:
         method = str(recipe.get("merge_method", "?"))
         links = []
         for p in recipe_parents(recipe):
+            if p.roles == ["adapter"]:
+                links.append(ParentLink(p.path, p.revision, "adapter", "adapter (LoRA, folded in)"))
+                continue
             detail = p.describe(weights_only=True)
             links.append(ParentLink(p.path, p.revision, "merge", f"merge ({method}" + (f", {detail})" if detail else ")")))
         return links

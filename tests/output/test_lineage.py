@@ -62,7 +62,8 @@ def test_recipe_parents_merge_mentions_and_keep_order():
                          {"model": "./local/ft+org/lora", "parameters": {"weight": 0.8, "density": 0.5}}]}
     parents = recipe_parents(recipe)
     assert [(p.path, p.revision, p.roles) for p in parents] == [("org/base", "v1", ["base", "model"]),
-                                                                 ("./local/ft", None, ["model"])]
+                                                                 ("./local/ft", None, ["model"]),
+                                                                 ("org/lora", None, ["adapter"])]
     assert parents[0].describe() == "base, weight=0.2"
 
 
@@ -136,3 +137,16 @@ def test_local_folders_are_walked_through_their_cards(tmp_path):
     assert offline.status == "unexplored" and lin.hub_calls == 0  # no Hub client: not read, not "missing"
     assert LineageBuilder(None, depth=1).from_target(root).edge_pairs() == {
         ("base", root), ("ft", root), ("org/not-local", root)}
+
+
+def test_lora_adapters_are_parents_of_their_own():
+    recipe = {"merge_method": "linear", "models": [
+        {"model": "org/base@abc+org/adapter@def", "parameters": {"weight": 0.5}},
+        {"model": {"model": "org/other", "lora": "org/adapter2"}, "parameters": {"weight": 0.5}}]}
+    parents = recipe_parents(recipe)
+    assert [(p.path, p.revision, p.roles) for p in parents] == [
+        ("org/base", "abc", ["model"]), ("org/adapter", "def", ["adapter"]),
+        ("org/other", None, ["model"]), ("org/adapter2", None, ["adapter"])]
+    links = parents_of(card_info(_card({"hubmerge": {"recipe": recipe}})))
+    assert [(l.path, l.relation) for l in links] == [("org/base", "merge"), ("org/adapter", "adapter"),
+                                                     ("org/other", "merge"), ("org/adapter2", "adapter")]
