@@ -110,7 +110,8 @@ def open_pr(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: b
     with hub_errors(f"target {repo_id}"):
         hub.api.create_repo(repo_id, private=spec.hubmerge.private if private is None else private, exist_ok=True)
         hub.api.auth_check(repo_id, write=True)
-    pins = {ref.path: hub.resolve(ref.path, ref.revision) for ref in spec.referenced_models() if not Path(ref.path).exists()}
+    refs = [r for ref in spec.referenced_models() for r in (ref, ref.lora) if r is not None]  # adapters too
+    pins = {r.path: hub.resolve(r.path, r.revision) for r in refs if not Path(r.path).exists()}
     recipe = pinned_document(spec.raw, pins)
     state = {"recipe": recipe, "max_shard_size": max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE}
     with hub_errors(f"opening a pull request on {repo_id}"):

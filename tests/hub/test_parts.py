@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import os
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load as load_safetensors
@@ -141,3 +142,18 @@ def test_corrupted_part_is_refused(hub, setup):
     with pytest.raises(HubError, match="does not match what its part wrote"):
         finalize(spec, number, hub=_client(hub))
     assert hub.head(target) == main_before
+
+
+def test_open_pr_pins_lora_adapters_too(hub, setup, local_family, tmp_path, repo_id_factory):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
+    from lora_adapters import peft_adapter
+
+    target, ups, spec_path, spec = setup
+    adapter = repo_id_factory(namespace="up")
+    hub.create_repo(adapter, owner="up")
+    publish_folder(hub, adapter, peft_adapter(local_family / "chat", tmp_path / "adapter", r=2,
+                                              target_modules=["q_proj"]))
+    text = spec_path.read_text().replace(f"model: {ups['chat']}", f"model: {ups['chat']}+{adapter}")
+    number = open_pr(parse_spec(text), hub=_client(hub))
+    recipe = json.loads(hub.read_file(target, ".hubmerge/recipe.json", f"refs/pr/{number}"))["recipe"]
+    assert recipe["models"][0]["model"] == f"{ups['chat']}@{hub.head(ups['chat'])}+{adapter}@{hub.head(adapter)}"
