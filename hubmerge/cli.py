@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-evaluate the best M candidates on every item at the end (default 3)")
     ev.add_argument("--seed", type=int, default=0, help="seeds the sampler and the anchor subset (default 0)")
     ev.add_argument("-o", "--output", default=None, help="folder for the best merge (default: evolved-<spec name>)")
+    ev.add_argument("--best-spec", default=None, metavar="FILE",
+                    help="where to write the spec with the best values (default: <spec name>.evolved.yml next to the "
+                         "spec, so its relative model paths still resolve)")
     ev.add_argument("--push", action="store_true", help="push the best merge to the Hub (target as for push)")
     ev.add_argument("--repo", default=None, help="target repo id for --push (default: the spec's hubmerge.target)")
     ev.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")

@@ -286,6 +286,7 @@ def _gate(args, spec, hub, base_dir):
 def cmd_evolve(args) -> int:
     from hubmerge.evolve.report import push_best, write_outputs
     from hubmerge.evolve.search import EvolveOptions, run_search
+    from hubmerge.spec.yamlio import dump_yaml
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
@@ -299,6 +300,10 @@ def cmd_evolve(args) -> int:
                             base_dir=spec_path.resolve().parent, cache_limit=parse_size(args.in_memory_limit,
                                                                                         "--in-memory-limit"))
     hub = _hub(args)
+    if args.push:
+        from hubmerge.hub.push import target_of
+
+        target_of(spec, args.repo)  # no target: fail now, not after the search
     start = time.perf_counter()
     result = run_search(spec, options, hub=hub)
     merged = write_outputs(result, out, device=args.device, base_dir=options.base_dir, hub=hub,
@@ -309,8 +314,9 @@ def cmd_evolve(args) -> int:
         print(f"  {ev.label}: {est.describe()}")
     for name, value in best.values.items():
         print(f"  {name} = {value}")
-    print(f"wrote {merged.output} ({time.perf_counter() - start:.1f} s): the spec with these values is "
-          f"{merged.output / 'evolved.yml'}")
+    best_spec = Path(args.best_spec) if args.best_spec else spec_path.with_name(f"{stem}.evolved.yml")
+    best_spec.write_text(dump_yaml(result.best_document), encoding="utf-8")
+    print(f"wrote {merged.output} ({time.perf_counter() - start:.1f} s); the spec with these values: {best_spec}")
     if args.push:
         pushed = push_best(result, hub=hub, repo_id=args.repo, device=args.device, base_dir=options.base_dir,
                            show_progress=not args.quiet)

@@ -49,7 +49,6 @@ class CandidateMerger:
         self._cache: dict[tuple, torch.Tensor] = {}
         self.in_memory: bool | None = None
         self.holder: ModelHolder | None = None
-        self.merges = 0
 
     def close(self) -> None:
         for s in self.sources.values():
@@ -111,7 +110,6 @@ class CandidateMerger:
         plan = self.plan(spec)
         self._decide(plan)
         weights = self.state_dict(plan) if self.in_memory else self._streamed_state_dict(spec)
-        self.merges += 1
         return plan, weights
 
     def load(self, values: Mapping[str, Any]) -> ModelHolder:

@@ -34,16 +34,13 @@ class Estimate:
     def is_subset(self) -> bool:
         return 0 < self.n < self.total
 
-    def contains(self, value: float) -> bool:
-        return self.low is not None and self.high is not None and self.low <= value <= self.high
-
     def describe(self, fmt: str = ".4g") -> str:
         text = format(self.value, fmt)
-        if self.low is not None and self.high is not None and self.is_subset:
-            text += (f" ({int(round(self.confidence * 100))}% CI {format(self.low, fmt)}–{format(self.high, fmt)}, "
-                     f"{self.n} of {self.total} items)")
-        elif self.total:
-            text += f" ({self.n} items)"
+        items = f"{self.n} of {self.total} items" if self.is_subset else f"{self.n} items"
+        if self.low is not None and self.high is not None and self.high > self.low:
+            text += f" ({int(round(self.confidence * 100))}% CI {format(self.low, fmt)}–{format(self.high, fmt)}, {items})"
+        elif self.n:
+            text += f" ({items})"
         return text
 
     def to_json(self) -> dict:
@@ -63,28 +60,29 @@ def anchor_indices(total: int, k: int | None, seed: int) -> list[int]:
 def ratio_estimate(scores: Sequence[float], weights: Sequence[float], *, total: int | None = None,
                    confidence: float = 0.95, transform: Callable[[float], float] = lambda x: x) -> Estimate:
     """The ratio sum(scores)/sum(weights) and its t interval, as an estimate of the same ratio over ``total``
-    items (the population this subset was drawn from without replacement)."""
+    items (the population this subset was drawn from without replacement; None: an unbounded population,
+    no finite-population correction)."""
     k = len(scores)
     if k == 0 or len(weights) != k:
         raise ValueError("need one weight per score and at least one item")
-    total = k if total is None else total
     wsum = float(sum(weights))
     if wsum <= 0:
         raise ValueError("the items carry no weight (nothing to score)")
     ratio = float(sum(scores)) / wsum
     if k < 2:
-        return Estimate(transform(ratio), None, None, k, total, confidence)
+        return Estimate(transform(ratio), None, None, k, total or k, confidence)
     wbar = wsum / k
     residuals = [s - ratio * w for s, w in zip(scores, weights)]
     var = sum(r * r for r in residuals) / (k - 1)
-    fpc = max(0.0, (total - k) / total) if total > 0 else 1.0
+    fpc = 1.0 if total is None else max(0.0, (total - k) / total)
     se = math.sqrt(fpc * var / k) / wbar
     half = t_quantile(0.5 + confidence / 2, k - 1) * se
     low, high = transform(ratio - half), transform(ratio + half)
-    return Estimate(transform(ratio), min(low, high), max(low, high), k, total, confidence)
+    return Estimate(transform(ratio), min(low, high), max(low, high), k, total or k, confidence)
 
 
 def mean_estimate(values: Sequence[float], *, confidence: float = 0.95) -> Estimate:
+    """The mean of per-item scores (e.g. a user callable's) with its t interval."""
     return ratio_estimate(values, [1.0] * len(values), confidence=confidence)
 
 

@@ -443,7 +443,3 @@ def parse_directions(evals: Sequence[Evaluation], objectives: Sequence[str] | No
         else:
             raise EvalError(f"--objectives: {w!r} is not min or max")
     return out
-
-
-def better(a: float, b: float, direction: str) -> bool:
-    return a < b if direction == "minimize" else a > b

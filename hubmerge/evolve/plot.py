@@ -1,16 +1,12 @@
-"""Fitness over trials as a PNG: matplotlib when it is installed, else a small pure-Python drawing
-(an RGB canvas, lines and dots, digit labels from a 3x5 font) written with a minimal PNG encoder."""
+"""Fitness over trials as a PNG: a small pure-Python drawing (an RGB canvas, lines and dots, digit labels
+from a 3x5 font) written with a minimal PNG encoder, so the card's plot needs no plotting library."""
 
 from __future__ import annotations
 
-import logging
 import math
 import struct
 import zlib
-from pathlib import Path
 from typing import Sequence
-
-logger = logging.getLogger(__name__)
 
 WIDTH, HEIGHT = 640, 360
 BG, AXIS, GRID = (255, 255, 255), (60, 60, 60), (225, 225, 225)
@@ -164,29 +160,3 @@ def render_png(values: Sequence[float | None], direction: str) -> bytes:
         else:
             c.rect(px(i) - 2, py(v) - 2, px(i) + 2, py(v) + 2, POINT)
     return c.png()
-
-
-def plot_fitness(values: Sequence[float | None], direction: str, path: Path, *, title: str = "fitness") -> Path:
-    """Write the plot; matplotlib (optional) if it imports, the built-in drawing otherwise."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        path.write_bytes(render_png(values, direction))
-        return path
-    xs = list(range(len(values)))
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.scatter([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None], s=14,
-               label="trial")
-    best = best_so_far(values, direction)
-    ax.step(xs, [b if b is not None else float("nan") for b in best], where="post", color="tab:red",
-            label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hubmerge.evolve.estimators import Estimate
-from hubmerge.evolve.plot import plot_fitness
+from hubmerge.evolve.plot import render_png
 from hubmerge.evolve.search import SearchResult
 from hubmerge.spec.parse import spec_from_dict
 from hubmerge.spec.yamlio import dump_yaml
@@ -21,6 +21,7 @@ SPEC_FILE = "evolved.yml"
 CSV_FILE = "evolve_trials.csv"
 MD_FILE = "evolve_trials.md"
 PLOT_FILE = "evolve_fitness.png"
+CARD_TRIAL_ROWS = 50  # trials shown in the card itself (the files hold them all)
 SAMPLER_NAMES = {"cmaes": "CMA-ES", "tpe": "TPE", "random": "random", "nsga2": "NSGA-II"}
 
 
@@ -60,11 +61,12 @@ def trials_csv(result: SearchResult) -> str:
     return buf.getvalue()
 
 
-def trials_markdown(result: SearchResult) -> str:
+def trials_markdown(result: SearchResult, limit: int | None = None) -> str:
+    """The trials as a Markdown table, in trial order, the best marked; ``limit``: only the first rows."""
     header, rows = table_rows(result)
     keep = [i for i, h in enumerate(header) if h != "error" or any(r[i] for r in rows)]
     lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
-    for row in rows:
+    for row in rows[:limit]:
         marker = " **(best)**" if row[0] == result.best.number else ""
         cells = [_fmt(row[i]).replace("|", "\\|") for i in keep]
         cells[0] += marker
@@ -93,7 +95,7 @@ def card_markdown(result: SearchResult) -> str:
     for ev, est, full in zip(result.evaluations, best.fitness, best.full or [None] * len(best.fitness)):
         text = f"- {ev.label}: {est.describe()}"
         if full is not None:
-            text += f"; on all {full.total} items: {full.describe()}"
+            text += f"; on all {full.total} items: {full.value:.4g}"
         lines.append(text)
     lines += ["", "| searched value | range | best |", "|---|---|---|"]
     for p in result.params:
@@ -101,9 +103,13 @@ def card_markdown(result: SearchResult) -> str:
         extra = f", step {r.step:g}" if r.step else (", log" if r.log else "")
         lines.append(f"| `{p.path}` | [{r.low:g}, {r.high:g}]{extra} | {_fmt(best.values.get(p.path))} |")
     lines += ["", f"![fitness over trials]({PLOT_FILE})", "",
-              f"Fitness of each trial (dots; grey marks: failed trials) and the best so far (line), objective "
-              f"{result.evaluations[0].label}. Every trial: [{MD_FILE}]({MD_FILE}) ([CSV]({CSV_FILE})); the spec "
-              f"with these values: [{SPEC_FILE}]({SPEC_FILE})."]
+              f"Fitness of each trial as the search scored it (dots; grey marks: failed trials) and the best so far "
+              f"(line), objective {result.evaluations[0].label}. The spec with these values: "
+              f"[{SPEC_FILE}]({SPEC_FILE}).", "", "### Trials", ""]
+    shown = f"the first {CARD_TRIAL_ROWS} of {len(result.trials)} trials; all" if len(
+        result.trials) > CARD_TRIAL_ROWS else "also"
+    lines += [trials_markdown(result, CARD_TRIAL_ROWS).rstrip("\n"), "",
+              f"({shown} in [{MD_FILE}]({MD_FILE}) and [{CSV_FILE}]({CSV_FILE}).)"]
     return "\n".join(lines)
 
 
@@ -130,14 +136,9 @@ def _est(e: Estimate) -> dict[str, Any]:
 
 def extra_files(result: SearchResult) -> dict[str, bytes]:
     """The search's files, to sit beside the merged model (and be pushed with it)."""
-    import tempfile
-
-    values = [t.final[0].value if t.state == "COMPLETE" and t.final else None for t in result.trials]
-    with tempfile.TemporaryDirectory(prefix="hubmerge-plot-") as tmp:
-        png = plot_fitness(values, result.directions[0], Path(tmp) / PLOT_FILE,
-                           title=result.evaluations[0].label).read_bytes()
+    values = [t.fitness[0].value if t.state == "COMPLETE" and t.fitness else None for t in result.trials]
     return {SPEC_FILE: dump_yaml(result.best_document).encode(), CSV_FILE: trials_csv(result).encode(),
-            MD_FILE: trials_markdown(result).encode(), PLOT_FILE: png}
+            MD_FILE: trials_markdown(result).encode(), PLOT_FILE: render_png(values, result.directions[0])}
 
 
 def best_spec(result: SearchResult):
@@ -194,12 +195,12 @@ def write_outputs(result: SearchResult, out_dir: Path, *, device: str = "cpu", b
 
 
 def push_best(result: SearchResult, *, hub: Any, repo_id: str | None = None, device: str = "cpu",
-              base_dir: Path | None = None, show_progress: bool = True, gate=None, **push_kwargs):
+              base_dir: Path | None = None, show_progress: bool = True, **push_kwargs):
     """Push the best merge like any other; its card records the search and carries its files."""
     from hubmerge.hub.push import push
 
     message = (f"hubmerge evolve: best of {len(result.complete)} trials "
                f"({SAMPLER_NAMES.get(result.sampler, result.sampler)})")
     return push(best_spec(result), hub=hub, repo_id=repo_id, device=device, base_dir=base_dir,
-                show_progress=show_progress, commit_message=message, gate=gate, decorate=decorator(result),
+                show_progress=show_progress, commit_message=message, decorate=decorator(result),
                 **push_kwargs)

@@ -3,7 +3,7 @@
 - The study lives in Optuna's own storage (SQLite by default), created with ``load_if_exists=True``: the
   same command resumes an interrupted search, and several workers may share one study (each stops when
   the study holds ``trials`` complete trials). Heartbeats mark trials of a killed worker as failed after a
-  grace period and re-queue their parameters once, so no candidate is lost.
+  grace period (a dead worker's trial never blocks the study).
 - Samplers: CMA-ES (default for one objective), TPE (default for several), random, NSGA-II.
 - Each candidate is merged (in memory for small models, see ``candidate``) and scored by every
   evaluation, on a fixed seeded subset of ``anchors`` items when asked (cheap, with a confidence
@@ -96,13 +96,9 @@ class SearchResult:
         return [t for t in self.trials if t.state == "COMPLETE"]
 
 
-def round_value(value: float, *, integer: bool = False, step: float | None = None) -> float | int:
-    """Values as written to the spec: integers, multiples of the step, or 6 significant digits."""
-    if integer:
-        return int(round(value))
-    if step is not None:
-        return float(f"{value:.10g}")
-    return float(f"{value:.6g}")
+def round_value(value: float, step: float | None = None) -> float:
+    """A value as written to the spec: 6 significant digits, or (on a step grid) without float noise."""
+    return float(f"{value:.10g}") if step is not None else float(f"{value:.6g}")
 
 
 def _param_types(spec: MergeSpec, params: list[SearchParam]) -> dict[str, type]:
@@ -120,7 +116,7 @@ def _suggest(trial, p: SearchParam, kind: type) -> float | int:
         step = int(r.step) if r.step else 1
         return trial.suggest_int(p.path, math.ceil(r.low), math.floor(r.high), step=step, log=r.log)
     value = trial.suggest_float(p.path, r.low, r.high, step=r.step, log=r.log)
-    return round_value(value, step=r.step)
+    return round_value(value, r.step)
 
 
 def make_sampler(name: str | None, *, seed: int, objectives: int, trials: int):
@@ -133,11 +129,6 @@ def make_sampler(name: str | None, *, seed: int, objectives: int, trials: int):
     if name == "cmaes":
         if objectives > 1:
             raise EvolveError("CMA-ES optimises a single objective", hint="use --sampler tpe or nsga2 with several")
-        try:
-            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
-        except ImportError:
-            raise EvolveError("the CMA-ES sampler needs the 'cmaes' package",
-                              hint="pip install cmaes, or pass --sampler tpe") from None
         return name, optuna.samplers.CmaEsSampler(
             seed=seed, warn_independent_sampling=False,
             independent_sampler=optuna.samplers.TPESampler(seed=seed))  # used when only one value is searched
@@ -150,18 +141,19 @@ def make_sampler(name: str | None, *, seed: int, objectives: int, trials: int):
 
 
 def _storage(url: str | None, heartbeat: int | None):
+    """An RDB storage with heartbeats (a killed worker's trial is marked failed after the grace period),
+    or the URL as given for other storages; None keeps the study in memory."""
     import optuna
 
-    if url is None:
-        return None
-    if url.startswith(("sqlite:", "postgresql", "mysql")) and heartbeat:
-        retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
-        try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
-                                              failed_trial_callback=retry)
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/Optuna errors: say which storage
-            raise EvolveError(f"cannot open the study storage {url}: {exc}") from None
-    return url
+    if url is None or not url.startswith(("sqlite:", "postgresql", "mysql")) or not heartbeat:
+        return url
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=4 * heartbeat)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/Optuna errors: say which storage
+        raise EvolveError(f"cannot open the study storage {url}: {exc}",
+                          hint="pass --storage sqlite:///PATH.db with a writable folder") from None
 
 
 def _description(params, evals, directions, anchors, seed) -> dict[str, Any]:
