@@ -89,6 +89,19 @@ def yaml_to_form(recipe):
     return (f.method, f.base_model, f.models, f.dtype, repo, f.private, *params, _status(loaded.error, loaded.notes))
 
 
+def require_in_sync(method, base, models, dtype, recipe, *values) -> None:
+    """Runs before Validate and Merge: they read the YAML, so it must say what the form shows."""
+    try:
+        form = _form_from_inputs(method, base, models, dtype, values)
+    except Exception:  # noqa: BLE001 - a form the app cannot read: the YAML alone decides
+        return
+    problem = sf.out_of_sync(form, recipe)
+    if problem:
+        raise gr.Error(f"{problem}: the YAML has not caught up with your last edit yet. Check the YAML recipe "
+                       "beside the form (click outside the field you changed to update it), then press the button "
+                       "again.", print_exception=False)
+
+
 def show_method(method):
     return (sf.method_info(method), *[gr.update(visible=(name == method)) for name in sf.method_names()])
 
@@ -252,7 +265,11 @@ def build() -> gr.Blocks:
                     remerge_card = gr.Markdown(elem_id="remerge-card")
 
         form_inputs = [method, base, models, dtype, recipe, *params]
-        gr.on([c.input for c in (method, base, models, dtype, *params)], form_to_yaml, form_inputs,
+        # Gradio 6 fires a Textbox's `input` on key presses only: `blur` also catches a value pasted with the
+        # mouse or filled in by the browser (programmatic updates fire neither, so YAML -> form cannot loop).
+        texts = [c for c in (base, models, *params) if isinstance(c, gr.Textbox)]
+        gr.on([c.input for c in (method, base, models, dtype, *params)] + [c.blur for c in texts], form_to_yaml,
+              form_inputs,
               [recipe, recipe_status], api_name="form_to_yaml", show_progress="hidden", trigger_mode="always_last",
               concurrency_limit=8)
         recipe.input(yaml_to_form, [recipe], [method, base, models, dtype, repo_name, private, *params, recipe_status],
@@ -260,9 +277,14 @@ def build() -> gr.Blocks:
         method.change(show_method, [method], [method_md, *groups], api_visibility="private", show_progress="hidden",
                       concurrency_limit=8)
         demo.load(who, None, user_md, api_visibility="private")
-        validate_btn.click(validate, [recipe, repo_name], validation, api_name="validate", concurrency_limit=4)
-        merge_btn.click(merge, [recipe, repo_name, private], [result, lineage, card, check_target], api_name="merge",
-                        concurrency_limit=1, concurrency_id="hub-write", show_progress_on=[result])
+        # Validate and Merge read the YAML; a private first step refuses when it does not say what the form shows.
+        sync = dict(fn=require_in_sync, inputs=form_inputs, outputs=None, api_visibility="private",
+                    show_progress="hidden", concurrency_limit=8)
+        validate_btn.click(**sync).success(validate, [recipe, repo_name], validation, api_name="validate",
+                                           concurrency_limit=4)
+        merge_btn.click(**sync).success(merge, [recipe, repo_name, private], [result, lineage, card, check_target],
+                                        api_name="merge", concurrency_limit=1, concurrency_id="hub-write",
+                                        show_progress_on=[result])
         check_btn.click(check, [check_target], [check_md, check_table, remerge_btn], api_name="check",
                         concurrency_limit=4)
         remerge_btn.click(remerge, [check_target],

@@ -299,6 +299,39 @@ def yaml_to_form(text: str) -> Loaded:
     return Loaded(form, error, notes)
 
 
+# ---------------------------------------------------------------------------------------------------
+# form == YAML?
+
+FORM_KEY_NAMES = {"merge_method": "merge method", "base_model": "base model", "models": "parent models / "
+                  "per-model parameters", "parameters": "shared parameters", "dtype": "dtype"}
+
+
+def out_of_sync(form: Form, text: str) -> str | None:
+    """Which part of the form the YAML does not say yet, or None when they agree.
+
+    The merge reads the YAML. Gradio 6 fires a Textbox's ``input`` event on key presses only, so a value
+    pasted with the mouse or filled in by the browser reaches the YAML when the field loses focus, and a
+    click on Merge right after typing can race the update. Both sides are compared as the form would
+    write them (the YAML read back into a form), so formatting the form cannot express is not a difference.
+    """
+    doc = load_document(text)
+    if doc is None or methods().get(doc.get("merge_method")) is None:
+        return None  # not a recipe the form can show: the merge reports the YAML's own error
+    try:
+        wanted = form_to_document(form, doc)
+    except FormError as exc:
+        return str(exc)
+    loaded = yaml_to_form(text).form
+    try:
+        written = form_to_document(loaded, doc) if loaded is not None else {}
+    except FormError:
+        return None
+    for key in FORM_KEYS:
+        if wanted.get(key) != written.get(key):
+            return f"the {FORM_KEY_NAMES[key]} in the form and in the YAML recipe differ"
+    return None
+
+
 def initial_form() -> Form:
     values = {field_key(name, p.name): initial_value(p) for name, p in param_fields()}
     return Form(values=values)

@@ -168,9 +168,24 @@ def _box_width(node: Node) -> float:
     return max(len(node.title) * CHAR_W, len(node.subtitle) * SMALL_W, 60) + 2 * PAD_X
 
 
+def _label_width(label: str) -> float:
+    return len(label) * SMALL_W + 10
+
+
+def _bezier(p0: float, p1: float, p2: float, p3: float, t: float) -> float:
+    u = 1 - t
+    return u * u * u * p0 + 3 * u * u * t * p1 + 3 * u * t * t * p2 + t * t * t * p3
+
+
+LABEL_T = 0.22  # where along its edge a label sits: near the parent, so sibling edges' labels stay apart
+
+
 def render_svg(graph: Graph) -> str:
     rows = _layers(graph)
     widths = {n: _box_width(graph.nodes[n]) for n in graph.nodes}
+    for src, _, label in graph.edges:  # a box is at least as wide as the label under it
+        if src in widths and label:
+            widths[src] = max(widths[src], _label_width(label))
     row_w = [sum(widths[n] for n in row) + GAP_X * (len(row) - 1) for row in rows]
     width = max(row_w, default=100) + 2 * MARGIN
     legend_h = 22
@@ -199,8 +214,9 @@ def render_svg(graph: Graph) -> str:
         out.append(f'<path d="M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2 - 2:.1f}" '
                    f'fill="none" stroke="#4b5563" stroke-width="1.5" marker-end="url(#arrow)"/>')
         if label:
-            lx, ly = (x1 + x2) / 2, mid - 4
-            out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="{SMALL}" text-anchor="middle" '
+            lx = _bezier(x1, x1, x2, x2, LABEL_T)
+            ly = _bezier(y1, mid, mid, y2, LABEL_T) + SMALL / 2
+            out.append(f'<text class="edge-label" x="{lx:.1f}" y="{ly:.1f}" font-size="{SMALL}" text-anchor="middle" '
                        f'fill="#374151" stroke="#ffffff" stroke-width="3" paint-order="stroke">{escape(label)}</text>')
     for n, (x, y) in pos.items():
         node = graph.nodes[n]

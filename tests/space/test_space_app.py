@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 
 import pytest
 import torch
@@ -117,6 +118,30 @@ def test_yaml_edits_fill_the_form_and_errors_name_the_yaml_path(space, anonymous
     assert "❌" in status
 
 
+def test_form_and_yaml_differ_only_when_they_say_different_things(space):
+    """The check run before Validate/Merge (the YAML is what gets merged; it must say what the form shows)."""
+    import space_form as sf
+
+    text = ("merge_method: ties\nbase_model: {path: up/base, revision: v1}\nmodels:\n"
+            "  - model: up/chat\n    parameters: {weight: 0.50, density: 0.5}\n"
+            "  - model: up/math\n    parameters: {weight: 0.5, density: 0.7}\n"
+            "dtype: bfloat16\ntokenizer_source: base\n")
+    form = sf.yaml_to_form(text).form
+    assert form.base_model == "up/base@v1"
+    assert sf.out_of_sync(form, text) is None  # written differently (a mapping, 0.50), same meaning
+
+    pasted = sf.Form(**{**form.__dict__, "models": "up/chat\nup/code"})
+    assert "parent models" in sf.out_of_sync(pasted, text)
+    switched = sf.Form(**{**form.__dict__, "method": "dare_ties",
+                          "values": {**form.values, "dare_ties.weight": "0.5", "dare_ties.density": "0.5; 0.7"}})
+    assert "merge method" in sf.out_of_sync(switched, text)
+    retyped = sf.Form(**{**form.__dict__, "values": {**form.values, "ties.density": "0.5; 0.9"}})
+    assert "per-model parameters" in sf.out_of_sync(retyped, text)
+    bad = sf.Form(**{**form.__dict__, "values": {**form.values, "ties.weight": "1; 2; 3"}})
+    assert "weight: 3 values separated by ';' for 2 models" in sf.out_of_sync(bad, text)
+    assert sf.out_of_sync(form, "merge_method: [unclosed") is None  # the merge reports the YAML's own error
+
+
 # ---------------------------------------------------------------------------------------------------
 # validate
 
@@ -179,6 +204,55 @@ def test_merge_pushes_to_the_signed_in_users_namespace(hub, parents, client, rep
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for text in (out, err, logged, link, lineage, card):
         assert ALICE_TOKEN not in text
+
+
+def test_lineage_picture_keeps_edge_labels_apart(space):
+    """Three parents of one merge, each edge labelled: no two labels may overlap in the drawing."""
+    import space_lineage as sl
+
+    graph = sl.Graph()
+    graph.add(sl.Node("me/merged", "me/merged", "ties", "output"))
+    for i, name in enumerate(("org/base", "org/chat", "org/math")):
+        graph.add(sl.Node(name, name, "0123456789ab", "base" if i == 0 else "parent"))
+        graph.link(name, "me/merged", "merge (ties, base)" if i == 0 else f"merge (ties, weight=0.{i}, density=0.5)")
+    svg = sl.render_svg(graph)
+    labels = re.findall(r'<text class="edge-label" x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]+)</text>', svg)
+    assert len(labels) == 3
+    boxes = [(float(x) - len(t) * sl.SMALL_W / 2, float(x) + len(t) * sl.SMALL_W / 2, float(y)) for x, y, t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            same_line = abs(a[2] - b[2]) < sl.SMALL + 2
+            assert not (same_line and a[0] < b[1] and b[0] < a[1]), (a, b)
+
+
+def test_merge_shows_progress_and_runs_one_at_a_time(hub, parents, client, repo_id_factory):
+    """Two merges submitted together: the first reports its tqdm bars as Gradio progress; the second waits in
+    the queue until the first has finished, and the Hub sees nothing of it before the first's commit."""
+    first, second = _name(repo_id_factory), _name(repo_id_factory)
+    hub.stall(0.3, path=rf"^/{parents['chat']}/resolve/", times=None)  # slow reads: the bar is seen moving
+    hub.stall(1.0, path=rf"/api/models/{ALICE}/{first}/commit/", method="POST")
+    job1 = client.submit(recipe(parents), first, False, api_name="/merge")
+    while job1.status().code.name in ("STARTING", "JOINING_QUEUE"):
+        time.sleep(0.02)
+    job2 = client.submit(recipe(parents), second, False, api_name="/merge")
+    bars, overlap = set(), []
+    while not job1.done():
+        status2 = job2.status()  # read first: job1's end is recorded before job2's start (one event stream)
+        status1 = job1.status()
+        bars |= {(p.desc, p.length, p.unit) for p in status1.progress_data or []}
+        if status2.code.name in ("PROCESSING", "PROGRESS") and status1.code.name != "FINISHED":
+            overlap.append((status1.code.name, status2.code.name))
+        time.sleep(0.02)
+    job2.result(timeout=60)
+    assert f"{ALICE}/{first}" in job1.result()[0] and f"{ALICE}/{second}" in job2.result()[0]
+    merging = [b for b in bars if b[0] == "Merging"]
+    assert merging and merging[0][2] == "B" and merging[0][1] > 0, bars
+    assert not overlap, "the second merge ran while the first was still running"
+
+    log = [r.path for r in hub.log]
+    first_commit = next(i for i, p in enumerate(log) if p.startswith(f"/api/models/{ALICE}/{first}/commit/"))
+    second_seen = next(i for i, p in enumerate(log) if f"{ALICE}/{second}" in p)
+    assert second_seen > first_commit
 
 
 def test_merge_needs_sign_in_and_creates_nothing_without_it(hub, parents, anonymous_client, repo_id_factory):
