@@ -383,8 +383,11 @@ class CallableEval(Evaluation):
         return 0
 
     def evaluate(self, holder, indices=None, *, batch_size=32, confidence=0.95) -> Estimate:
-        with torch.inference_mode():
-            value = self.fn(holder.model, holder.tokenizer)
+        try:
+            with torch.inference_mode():
+                value = self.fn(holder.model, holder.tokenizer)
+        except Exception as exc:  # noqa: BLE001 - the user's code: this candidate fails, the search goes on
+            raise EvalError(f"{self.spec} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(value, (list, tuple)):
             values = [float(v) for v in value]
             if not values:

@@ -23,6 +23,7 @@ from evolve_support import WEIGHT_A, WEIGHT_B, one_math_thread, reference_ppl
 from helpers import assert_same_tensors, load_folder
 from hubmerge.cli import main
 from hubmerge.evolve.candidate import CandidateMerger
+from hubmerge.evolve import EvolveError
 from hubmerge.evolve.search import EvolveOptions, run_search
 from hubmerge.spec import load_spec
 from hubmerge.spec.search import find_search_ranges
@@ -212,3 +213,17 @@ def test_several_objectives_pick_a_pareto_optimal_winner(task_models):
     assert len(points) == 6
     ppl, acc = points[result.best.number]
     assert not any(p <= ppl and a >= acc and (p, a) != (ppl, acc) for p, a in points.values())  # not dominated
+
+
+def test_failing_candidates_are_recorded_and_stop_the_search(task_models, tmp_path, monkeypatch):
+    (tmp_path / "broken_fitness.py").write_text("def score(model, tokenizer):\n    raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    options = EvolveOptions(evals=["broken_fitness:score"], trials=10, storage=storage, study_name="broken",
+                            base_dir=task_models.root)
+    with pytest.raises(EvolveError, match=r"5 candidates in a row failed; the last: broken_fitness:score raised "
+                                          r"RuntimeError: no GPU here"):
+        run_search(load_spec(task_models.spec), options)
+    trials = optuna.load_study(study_name="broken", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"] * 5
+    assert all("no GPU here" in t.user_attrs["hubmerge"]["error"] for t in trials)
