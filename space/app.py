@@ -71,7 +71,10 @@ def _status(error: str | None, notes: list[str] | None = None) -> str:
 def form_to_yaml(method, base, models, dtype, recipe, *values):
     """Form edited: rewrite the keys the form owns, keep the rest of the YAML."""
     try:
-        text = sf.form_to_yaml(_form_from_inputs(method, base, models, dtype, values), recipe)
+        form = _form_from_inputs(method, base, models, dtype, values)
+        if sf.says_the_same(form, recipe):  # e.g. a field left without a change: keep the YAML's comments
+            return gr.update(), _status(sf.check_yaml(recipe))
+        text = sf.form_to_yaml(form, recipe)
     except sf.FormError as exc:
         return gr.update(), _status(str(exc))
     return text, _status(sf.check_yaml(text))

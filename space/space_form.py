@@ -314,22 +314,34 @@ def out_of_sync(form: Form, text: str) -> str | None:
     click on Merge right after typing can race the update. Both sides are compared as the form would
     write them (the YAML read back into a form), so formatting the form cannot express is not a difference.
     """
+    comparable, problem = _compare(form, text)
+    return problem if comparable else None
+
+
+def says_the_same(form: Form, text: str) -> bool:
+    """The YAML already says what the form shows: rewriting it would only lose its comments and layout."""
+    comparable, problem = _compare(form, text)
+    return comparable and problem is None
+
+
+def _compare(form: Form, text: str) -> tuple[bool, str | None]:
+    """(whether the YAML is a recipe the form can show, the first difference or None)."""
     doc = load_document(text)
     if doc is None or methods().get(doc.get("merge_method")) is None:
-        return None  # not a recipe the form can show: the merge reports the YAML's own error
+        return False, None  # not a recipe the form can show: the merge reports the YAML's own error
     try:
         wanted = form_to_document(form, doc)
     except FormError as exc:
-        return str(exc)
+        return True, str(exc)
     loaded = yaml_to_form(text).form
     try:
         written = form_to_document(loaded, doc) if loaded is not None else {}
     except FormError:
-        return None
+        return False, None
     for key in FORM_KEYS:
         if wanted.get(key) != written.get(key):
-            return f"the {FORM_KEY_NAMES[key]} in the form and in the YAML recipe differ"
-    return None
+            return True, f"the {FORM_KEY_NAMES[key]} in the form and in the YAML recipe differ"
+    return True, None
 
 
 def initial_form() -> Form:

@@ -118,6 +118,22 @@ def test_yaml_edits_fill_the_form_and_errors_name_the_yaml_path(space, anonymous
     assert "❌" in status
 
 
+def test_a_form_event_that_changes_nothing_keeps_the_yaml_as_typed(space, anonymous_client):
+    """Leaving a form field (blur) runs the form -> YAML step; when the form says what the YAML says, the
+    YAML, comments and layout included, is left alone."""
+    app, _ = space
+    import space_form as sf
+
+    text = ("# my merge\nmerge_method: ties\nbase_model: up/base  # the base\nmodels:\n  - model: up/chat\n"
+            "    parameters: {weight: 0.5}\ndtype: bfloat16\n")
+    same, status = anonymous_client.predict(*_form_args(app, sf, base="up/base", models="up/chat", recipe=text),
+                                            api_name="/form_to_yaml")
+    assert same == {"__type__": "update"} and "valid recipe" in status  # no new value sent: unchanged
+    changed, _ = anonymous_client.predict(*_form_args(app, sf, base="up/base2", models="up/chat", recipe=text),
+                                          api_name="/form_to_yaml")
+    assert yaml.safe_load(changed)["base_model"] == "up/base2"
+
+
 def test_form_and_yaml_differ_only_when_they_say_different_things(space):
     """The check run before Validate/Merge (the YAML is what gets merged; it must say what the form shows)."""
     import space_form as sf
