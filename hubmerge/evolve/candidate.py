@@ -17,8 +17,9 @@ from typing import Any, Mapping
 
 import torch
 
-from hubmerge.evolve.evaluate import ModelHolder, read_state_dict, tokenizer_files_of
-from hubmerge.merge.executor import _Loaded, merge_tensor, pick_device
+from hubmerge.evolve.evaluate import ModelHolder, read_state_dict
+from hubmerge.merge.tokenizer.files import tokenizer_file_bytes
+from hubmerge.merge.executor import _Loaded, aligned, merge_tensor, pick_device
 from hubmerge.merge.plan import MergePlan, PlannedInput, build_plan, output_config
 from hubmerge.merge.run import MergeOptions, open_sources, run_merge
 from hubmerge.spec.model import MergeSpec
@@ -88,6 +89,8 @@ class CandidateMerger:
         for item in plan.tensors:
             loaded = _Loaded(self._read(plan, item.base) if item.base is not None else None,
                              [self._read(plan, i) for i in item.others])
+            if item.vocab is not None:  # onto the merge's tokenizer; the cached inputs stay as read
+                loaded = aligned(item, loaded, recycle=False)
             out[item.name] = merge_tensor(plan, item, loaded, self.device)
         return out
 
@@ -116,8 +119,8 @@ class CandidateMerger:
         """The candidate's merged model, ready to evaluate (the same ModelHolder each time)."""
         plan, weights = self.merged_weights(values)
         if self.holder is None:
-            tok_source = plan.models[plan.tokenizer_source]
-            self.holder = ModelHolder(output_config(plan), tokenizer_files_of(tok_source), dtype=self.eval_dtype,
+            # The merge's own tokenizer (a union of vocabularies, a chat template), not a copy of one input's.
+            self.holder = ModelHolder(output_config(plan), tokenizer_file_bytes(plan), dtype=self.eval_dtype,
                                       device=self.device_name, name="candidate")
         self.holder.load(weights)
         return self.holder

@@ -73,14 +73,15 @@ def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: 
     return out
 
 
-def _aligned(item: PlannedTensor, loaded: _Loaded) -> _Loaded:
-    """Re-index vocabulary-axis inputs onto the output tokenizer (on the read thread, one tensor at a time)."""
+def aligned(item: PlannedTensor, loaded: _Loaded, *, recycle: bool = True) -> _Loaded:
+    """Re-index vocabulary-axis inputs onto the output tokenizer (on the read thread, one tensor at a time).
+    ``recycle``: the inputs are read buffers nothing else holds, so the pool may reuse them."""
     tensors = ([loaded.base] if loaded.base is not None else []) + loaded.others
     try:
         out = item.vocab.apply(tensors, DTYPES[item.compute_dtype])
     except Exception as exc:  # shapes were checked at plan time; name the tensor if the data disagrees
         raise MergeError(f"re-indexing the vocabulary of tensor '{item.name}' failed: {exc}") from exc
-    for t in tensors:  # the aligned tensors are fresh; the read buffers can be reused
+    for t in tensors if recycle else ():  # the aligned tensors are fresh; the read buffers can be reused
         POOL.give(t)
     return _Loaded(out[0], out[1:]) if loaded.base is not None else _Loaded(None, out)
 
@@ -112,7 +113,7 @@ class StreamingExecutor:
         models = self.plan.models
         base = models[item.base.model].reader.read(item.base.info) if item.base is not None else None
         loaded = _Loaded(base, [models[i.model].reader.read(i.info) for i in item.others])
-        return _aligned(item, loaded) if item.vocab is not None else loaded
+        return aligned(item, loaded) if item.vocab is not None else loaded
 
     def run(self, items: list[PlannedTensor], sink: Callable[[str, torch.Tensor], None]) -> None:
         if not items:

@@ -61,3 +61,10 @@ def write_tokenizer_files(plan, folder: Path) -> list[str]:
             (folder / name).write_bytes(data)
             files.append(name)
     return files
+
+
+def tokenizer_file_bytes(plan) -> dict[str, bytes]:
+    """The output tokenizer's files as bytes (what ``write_tokenizer_files`` would write), for in-memory use."""
+    with tempfile.TemporaryDirectory(prefix="hubmerge-tok-") as tmp:
+        names = write_tokenizer_files(plan, Path(tmp))
+        return {name: (Path(tmp) / name).read_bytes() for name in names}
