@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--max-shard-size", default=None, help="bytes per output shard (default 5GB)")
     rp.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     _add_hub(rp)
+    _add_pickle(rp)
     _add_common(rp)
 
     vf = sub.add_parser("verify", help="re-merge from a hubmerge card and compare with its recorded content hash "
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("repo", help="Hub repo id (org/name[@revision]) or a local folder holding the card")
     vf.add_argument("--device", default=None, help="cpu or cuda (default: the device class the card records)")
     _add_hub(vf)
+    _add_pickle(vf)
     _add_common(vf)
 
     cd = sub.add_parser("card", help="regenerate the model card without merging")

@@ -379,7 +379,8 @@ def cmd_reproduce(args) -> int:
     from hubmerge.output.verify import reproduce
 
     result, recipe = reproduce(args.repo, args.output, hub=_hub(args), device=args.device, overwrite=args.overwrite,
-                               max_shard_size=_shard_size(args), show_progress=not args.quiet)
+                               max_shard_size=_shard_size(args), show_progress=not args.quiet,
+                               allow_pickle=args.allow_pickle)
     print(f"reproduced {recipe.source.display} from its {recipe.kind} recipe into {result.output}")
     print(f"content hash: {result.content_hash}")
     recorded = recipe.recorded.get("content_hash")
@@ -392,7 +393,8 @@ def cmd_reproduce(args) -> int:
 def cmd_verify(args) -> int:
     from hubmerge.output.verify import verify
 
-    check = verify(args.repo, hub=_hub(args), device=args.device, show_progress=not args.quiet)
+    check = verify(args.repo, hub=_hub(args), device=args.device, show_progress=not args.quiet,
+                   allow_pickle=args.allow_pickle)
     if check.ok:
         print(f"verified: {check.target}: a fresh merge of its recipe and its published tensors both match "
               f"the recorded content hash {check.recorded} ({check.tensors} tensors)")

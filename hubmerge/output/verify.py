@@ -139,7 +139,7 @@ def _warn_unpinned(recipe: Recipe) -> None:
 
 def reproduce(target: str, out: str | Path | None = None, *, hub: Any, device: str = "cpu",
               overwrite: bool = False, max_shard_size: int | None = None,
-              show_progress: bool = True) -> tuple[MergeResult, Recipe]:
+              show_progress: bool = True, allow_pickle: bool = False) -> tuple[MergeResult, Recipe]:
     """Run the recipe a card (ours or mergekit's) records, into ``out`` (default ./<model name>)."""
     source = open_target(target, hub)
     recipe = recipe_of(source)
@@ -150,7 +150,7 @@ def reproduce(target: str, out: str | Path | None = None, *, hub: Any, device: s
         raise HubmergeError(f"the output folder {out} is the folder being reproduced",
                             hint="pass another folder with -o")
     options = MergeOptions(device=device, overwrite=overwrite, base_dir=recipe.base_dir,
-                           max_shard_size=max_shard_size, show_progress=show_progress)
+                           max_shard_size=max_shard_size, show_progress=show_progress, allow_pickle=allow_pickle)
     result = run_merge(recipe.spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
         plan, digest, folder, title=out.name, device=device, hub=hub))
     return result, recipe
@@ -201,7 +201,7 @@ class VerifyResult:
 
 
 def verify(target: str, *, hub: Any, device: str | None = None, show_progress: bool = True,
-           workdir: Path | None = None) -> VerifyResult:
+           workdir: Path | None = None, allow_pickle: bool = False) -> VerifyResult:
     """Re-merge from the card alone (its pinned recipe) and compare with the recorded content hash and
     with the tensors actually published; name the tensors that differ."""
     source = open_target(target, hub)
@@ -227,7 +227,8 @@ def verify(target: str, *, hub: Any, device: str | None = None, show_progress: b
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-verify-", dir=workdir) as tmp:
         out = Path(tmp) / "merged"
-        options = MergeOptions(device=device, base_dir=recipe.base_dir, show_progress=show_progress)
+        options = MergeOptions(device=device, base_dir=recipe.base_dir, show_progress=show_progress,
+                               allow_pickle=allow_pickle)
         result = run_merge(recipe.spec, out, options, hub=hub)
         check = VerifyResult(source.display, recorded, result.content_hash, published_hash,
                              tensors=len(result.plan.tensors))

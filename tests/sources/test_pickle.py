@@ -164,3 +164,19 @@ def test_cli_flag_on_validate_and_merge(models, tmp_path):
     assert merged.returncode == 0, merged.stderr
     got = load_folder(out)
     assert all(torch.equal(got[k], models["weights"][k]) for k in models["weights"])
+
+
+def test_reproduce_of_a_pickle_based_merge_needs_the_flag_again(models, tmp_path):
+    """The flag is not recorded in the card: a recipe from elsewhere never turns unpickling on by itself."""
+    folder = models["pickled"]("source-pickles")
+    spec = tmp_path / "spec.yml"
+    spec.write_text(f"merge_method: linear\nmodels:\n  - model: {folder}\n    parameters: {{weight: 0.5}}\n"
+                    f"  - model: {models['chat']}\n    parameters: {{weight: 0.5}}\n")
+    merged = tmp_path / "merged"
+    assert run_cli("merge", str(spec), "-o", str(merged), "--allow-pickle", "-q").returncode == 0
+    refused = run_cli("reproduce", str(merged), "-o", str(tmp_path / "again"), "-q")
+    assert refused.returncode == 2 and "--allow-pickle" in refused.stderr
+    assert not (tmp_path / "again").exists()
+    done = run_cli("reproduce", str(merged), "-o", str(tmp_path / "again"), "--allow-pickle")
+    assert done.returncode == 0, done.stderr
+    assert "matches the content hash its card records" in done.stdout
