@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,44 @@ class Progress:
         os.replace(tmp, self.path)
 
 
+class BackgroundFlush:
+    """Pushes a file's written pages to disk on a helper thread while more is being written.
+
+    A shard is fsynced before it is renamed into place; left to the end, that fsync waits for the whole
+    shard to reach the disk (seconds per GB on ordinary disks) while nothing else runs. Flushing every
+    ``every`` bytes in the background overlaps the disk with the merging, so the final fsync only waits
+    for the tail."""
+
+    def __init__(self, every: int = 256 << 20):
+        self.every = every
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+        self._error: list[OSError] = []
+
+    def wrote(self, fd: int, nbytes: int) -> None:
+        self._pending += nbytes
+        if self._pending < self.every or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._pending = 0
+        self._thread = threading.Thread(target=self._flush, args=(fd,), name="hubmerge-flush", daemon=True)
+        self._thread.start()
+
+    def _flush(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:  # reported by wait(); the final fsync would meet the same error
+            self._error.append(exc)
+
+    def wait(self) -> None:
+        """Before the file is fsynced or closed: the flush in flight must not outlive its descriptor."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._pending = 0
+        if self._error:
+            raise OutputError(f"writing the output to disk failed: {self._error.pop()}")
+
+
 class ShardWriter:
     """Writes tensors, in layout order, into the shard files of ``folder``."""
 
@@ -163,6 +202,7 @@ class ShardWriter:
         self._file = None
         self._current: int | None = None
         self._remaining: list[str] = []
+        self._flush = BackgroundFlush()
 
     def shard_done(self, shard: Shard) -> bool:
         return shard.filename in self.progress.shards
@@ -180,6 +220,7 @@ class ShardWriter:
         if len(data) != entry.nbytes:
             raise OutputError(f"tensor '{name}': {len(data)} bytes, planned {entry.nbytes}")
         self._file.write(data)
+        self._flush.wrote(self._file.fileno(), len(data))
         self.progress.digests[name] = tensor_digest(name, entry.dtype, entry.shape, data).hex()
         self._remaining.pop(0)
         if not self._remaining:
@@ -196,6 +237,7 @@ class ShardWriter:
 
     def _finish(self, shard: Shard) -> None:
         self._file.flush()
+        self._flush.wait()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
@@ -210,5 +252,9 @@ class ShardWriter:
 
     def abort(self) -> None:
         if self._file is not None:
+            try:
+                self._flush.wait()
+            except OutputError:
+                pass  # the merge is failing already; its own error is the one to report
             self._file.close()
             self._file = None
