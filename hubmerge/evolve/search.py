@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hubmerge.errors import HubmergeError
 from hubmerge.evolve.candidate import DEFAULT_CACHE_LIMIT, CandidateMerger
@@ -140,6 +140,39 @@ def make_sampler(name: str | None, *, seed: int, objectives: int, trials: int):
     return name, optuna.samplers.RandomSampler(seed=seed)
 
 
+def worker_seeded(make: Callable[[int], Any], seed: int):
+    """A sampler seeded by ``seed`` plus the number of the first trial it samples.
+
+    Trial numbers are unique across the workers sharing a study, so workers started together draw
+    different candidates (with one seed for all they would draw the same ones, and the second worker
+    would add nothing); a single worker stays reproducible, and a resumed search continues with a new
+    stream rather than repeating the first run's candidates."""
+    import optuna
+
+    class WorkerSeeded(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._inner = None
+
+        def before_trial(self, study, trial) -> None:
+            if self._inner is None:
+                self._inner = make(seed + trial.number)
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._inner.after_trial(study, trial, state, values)
+
+    return WorkerSeeded()
+
+
 def _storage(url: str | None, heartbeat: int | None):
     """An RDB storage with heartbeats (a killed worker's trial is marked failed after the grace period),
     or the URL as given for other storages; None keeps the study in memory."""
@@ -147,13 +180,22 @@ def _storage(url: str | None, heartbeat: int | None):
 
     if url is None or not url.startswith(("sqlite:", "postgresql", "mysql")) or not heartbeat:
         return url
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=4 * heartbeat)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/Optuna errors: say which storage
-        raise EvolveError(f"cannot open the study storage {url}: {exc}",
-                          hint="pass --storage sqlite:///PATH.db with a writable folder") from None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=4 * heartbeat)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/Optuna errors: say which storage
+            # Workers started together race to create the schema: the loser sees a unique-constraint or
+            # "database is locked" error, and the schema is there when it tries again.
+            if attempt + 1 < STORAGE_ATTEMPTS and type(exc).__name__ in ("IntegrityError", "OperationalError"):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise EvolveError(f"cannot open the study storage {url}: {exc}",
+                              hint="pass --storage sqlite:///PATH.db with a writable folder") from None
+
+
+STORAGE_ATTEMPTS = 5
 
 
 def _description(params, evals, directions, anchors, seed) -> dict[str, Any]:
@@ -238,9 +280,11 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            existing = _existing_trials(storage, study_name)
-            sampler_name, sampler = make_sampler(options.sampler, seed=options.seed + existing,
-                                                 objectives=len(directions), trials=options.trials)
+            sampler_name, _ = make_sampler(options.sampler, seed=options.seed, objectives=len(directions),
+                                           trials=options.trials)
+            sampler = worker_seeded(lambda seed: make_sampler(options.sampler, seed=seed,
+                                                                 objectives=len(directions),
+                                                                 trials=options.trials)[1], options.seed)
             try:
                 study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
                                             directions=directions, load_if_exists=True)
@@ -274,17 +318,6 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
                 "; ".join(f"{e.label} {est.describe()}" for e, est in zip(evals, best.final)))
     return SearchResult(spec, params, evals, directions, sampler_name, study_name, options.storage, records, best,
                         options.anchors, options.final_top, options.seed)
-
-
-def _existing_trials(storage, study_name: str) -> int:
-    import optuna
-
-    if storage is None:
-        return 0
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
-    except KeyError:  # no such study yet
-        return 0
 
 
 def _optimize(study, merger: CandidateMerger, params, kinds, evals, anchors, options: EvolveOptions) -> None:

@@ -71,3 +71,31 @@ def test_killed_search_resumes_from_its_study(task_models, tmp_path):
     written = yaml.safe_load((tmp_path / "best.yml").read_text())
     assert [m["parameters"]["weight"] for m in written["models"]] == [
         best.user_attrs["hubmerge"]["values"][WEIGHT_A], best.user_attrs["hubmerge"]["values"][WEIGHT_B]]
+
+
+def test_two_workers_share_one_study(task_models, tmp_path):
+    """Optuna's own distributed mode: two processes on one SQLite study split the trials between them and
+    stop once the study holds the requested number of complete trials."""
+    storage, name = f"sqlite:///{tmp_path / 'shared.db'}", "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "hubmerge.cli", "evolve", str(task_models.spec), "--eval",
+                               f"ppl:{task_models.ppl}", "--storage", storage, "--study-name", name, "--trials", "6",
+                               "--final-top", "1", "-o", str(tmp_path / f"out{i}"),
+                               "--best-spec", str(tmp_path / f"best{i}.yml"), "-q"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    complete = [t for t in study.get_trials() if t.state == COMPLETE]
+    assert 6 <= len(complete) <= 7  # the last trial may be started by both workers at once
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == len(params)  # the sampler hands each worker different candidates
+    by_values = {(t.user_attrs["hubmerge"]["values"][WEIGHT_A], t.user_attrs["hubmerge"]["values"][WEIGHT_B]): t
+                 for t in complete}
+    best = min(complete, key=lambda t: t.value)
+    for i in range(2):  # each worker's winner is a trial of the shared study, chosen from all of them
+        written = yaml.safe_load((tmp_path / f"best{i}.yml").read_text())
+        chosen = by_values[tuple(m["parameters"]["weight"] for m in written["models"])]
+        if len(complete) == 6:  # no trial finished after either worker chose
+            assert chosen.number == best.number
