@@ -47,6 +47,18 @@ def run_mergekit(spec: Path, out: Path, *extra: str, timeout: int = 600):
     return proc
 
 
+def publish_family(server, repo_id_factory, family_root: Path, names=("base", "chat", "math"), *,
+                   namespace: str = "up") -> dict[str, str]:
+    """Each of ``names`` from a local family published on the test Hub by another user; {name: repo id}."""
+    ids = {}
+    for name in names:
+        repo = repo_id_factory(namespace=namespace)
+        server.create_repo(repo, owner=namespace)
+        publish_folder(server, repo, Path(family_root) / name)
+        ids[name] = repo
+    return ids
+
+
 def publish_folder(server, repo_id: str, folder: Path, message: str = "upload") -> str:
     """Put a local model folder on the test Hub as one commit (server-side seeding, no client involved)."""
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load as load_safetensors
 
-from helpers import assert_same_tensors, family, load_folder, publish_folder, run_cli
+from helpers import assert_same_tensors, family, load_folder, publish_family, publish_folder, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
 from hubmerge.hub.parts import finalize, open_pr, partition, push_part
@@ -31,12 +31,7 @@ def local_family(tmp_path_factory):
 
 @pytest.fixture
 def setup(hub, repo_id_factory, local_family, tmp_path):
-    ups = {}
-    for name in ("base", "chat", "math"):
-        repo = repo_id_factory(namespace="up")
-        hub.create_repo(repo, owner="up")
-        publish_folder(hub, repo, local_family / name)
-        ups[name] = repo
+    ups = publish_family(hub, repo_id_factory, local_family)
     target = repo_id_factory()
     text = f"""
 merge_method: ties

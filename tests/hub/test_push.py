@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load as load_safetensors
 
-from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, publish_folder, run_cli
+from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, publish_family, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
 from hubmerge.hub.push import push, spec_from_repo
@@ -32,13 +32,7 @@ def local_family(tmp_path_factory):
 @pytest.fixture
 def upstream(hub, repo_id_factory, local_family):
     """base/chat/math published on the test Hub; returns their repo ids."""
-    ids = {}
-    for name in ("base", "chat", "math"):
-        repo = repo_id_factory(namespace="upstream")
-        hub.create_repo(repo, owner="upstream")
-        publish_folder(hub, repo, local_family / name)
-        ids[name] = repo
-    return ids
+    return publish_family(hub, repo_id_factory, local_family, namespace="upstream")
 
 
 _weights = iter(range(1, 10_000))

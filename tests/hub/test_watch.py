@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from helpers import family, publish_folder, run_cli
+from helpers import family, publish_family, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
 from hubmerge.hub.push import push
@@ -38,12 +38,7 @@ def _client(hub):
 @pytest.fixture
 def merged(hub, repo_id_factory, local_family):
     """Upstreams base (pinned at its current SHA), chat and math (tracking main), merged into a target."""
-    ups = {}
-    for name in ("base", "chat", "math"):
-        repo = repo_id_factory(namespace="up")
-        hub.create_repo(repo, owner="up")
-        publish_folder(hub, repo, local_family / name)
-        ups[name] = repo
+    ups = publish_family(hub, repo_id_factory, local_family)
     target = repo_id_factory()
     base_sha = hub.head(ups["base"])
     spec = parse_spec(f"""

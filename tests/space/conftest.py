@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import family, publish_folder
+from helpers import family, publish_family
 from space_support import ALICE, ALICE_TOKEN, SPACE_DIR
 
 
@@ -55,11 +55,5 @@ def tiny_family(tmp_path_factory):
 @pytest.fixture
 def parents(hub, repo_id_factory, tiny_family):
     """base / chat / math published (public) on the test Hub by another user; their repo ids."""
-    ids = {}
-    for name in ("base", "chat", "math"):
-        repo = repo_id_factory(namespace="up")
-        hub.create_repo(repo, owner="up")
-        publish_folder(hub, repo, tiny_family / name)
-        ids[name] = repo
-    return ids
+    return publish_family(hub, repo_id_factory, tiny_family)
 
