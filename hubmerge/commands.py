@@ -61,6 +61,12 @@ def cmd_validate(args) -> int:
     if len(stages) > 1:
         return _validate_stages(args, stages)
     spec = stages[0].spec
+    from hubmerge.spec.search import at_midpoints
+
+    planned = at_midpoints(spec)
+    if planned is not None:  # a spec for 'hubmerge evolve': check it as its candidates will be merged
+        print("search spec: planned with every search range at its midpoint ('hubmerge evolve' finds the values)")
+        spec = planned
     plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=_hub(args), allow_pickle=args.allow_pickle)
     ci_outputs.after_validate(spec, plan)  # $GITHUB_STEP_SUMMARY on CI runners
     try:

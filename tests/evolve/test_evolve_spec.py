@@ -93,3 +93,27 @@ def test_a_spec_with_ranges_refuses_to_merge_and_points_to_evolve(task_models, c
     concrete = task_models.concrete_spec(0.5, 0.5, "concrete.yml")
     assert main(["merge", str(concrete), "-o", str(out), "-q"]) == 0
     assert (out / "model.safetensors").is_file()
+
+
+def test_validate_plans_a_search_spec_at_the_midpoints_of_its_ranges(task_models, tmp_path, capsys):
+    assert main(["validate", str(task_models.spec), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("search spec: planned with every search range at its midpoint")
+    import json
+
+    plan = json.loads(out[out.index("{"):])
+    weights = {t["name"]: t["params"]["weights"] for t in plan["plan"]}
+    assert weights and all(w == [1.25, 1.25] for w in weights.values())  # centre of [0.0, 2.5] for both
+    # A range no candidate could satisfy is caught here too, before any search: density above 1.
+    bad = tmp_path / "bad.yml"
+    bad.write_text(SPEC.replace("density: {search: [0.2, 0.9], step: 0.1}", "density: {search: [2.0, 3.0]}"))
+    assert main(["validate", str(bad)]) == 2
+
+
+def test_midpoints_follow_step_and_log():
+    from hubmerge.spec.model import SearchRange
+    from hubmerge.spec.search import midpoint
+
+    assert midpoint(SearchRange(0.2, 0.95, step=0.1)) == pytest.approx(0.6)  # 0.575 rounded onto the 0.1 grid from 0.2
+    assert midpoint(SearchRange(0.01, 1.0, log=True)) == pytest.approx(0.1)
+    assert midpoint(SearchRange(0.0, 2.5)) == 1.25
