@@ -222,6 +222,13 @@ class _TokenCache:
     items: list = field(default_factory=list)
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"cannot read {what} {path}: {exc}") from None
+
+
 class PerplexityEval(Evaluation):
     metric = "perplexity"
     direction = "minimize"
@@ -229,10 +236,7 @@ class PerplexityEval(Evaluation):
     def __init__(self, path: Path, spec: str):
         self.spec, self.path = spec, path
         self.label = f"ppl({path.name})"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EvalError(f"cannot read the perplexity text {path}: {exc}") from None
+        text = _read_text(path, "the perplexity text")
         self.lines = [line.strip() for line in text.splitlines() if line.strip()]
         if len(self.lines) < 1:
             raise EvalError(f"{path} has no non-empty lines to compute a perplexity on")
@@ -284,10 +288,7 @@ class JsonlEval(Evaluation):
     def __init__(self, path: Path, spec: str):
         self.spec, self.path = spec, path
         self.label = f"acc({path.name})"
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EvalError(f"cannot read the JSONL items {path}: {exc}") from None
+        lines = _read_text(path, "the JSONL items").splitlines()
         self.items: list[dict[str, Any]] = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
