@@ -119,25 +119,30 @@ def _suggest(trial, p: SearchParam, kind: type) -> float | int:
     return round_value(value, r.step)
 
 
-def make_sampler(name: str | None, *, seed: int, objectives: int, trials: int):
-    import optuna
-
+def sampler_name(name: str | None, objectives: int) -> str:
+    """The sampler to use (the default for the number of objectives), refused if it cannot serve them."""
     if name is None:
         name = "cmaes" if objectives == 1 else "tpe"
     if name not in SAMPLERS:
         raise EvolveError(f"unknown sampler {name!r}", hint="use one of " + ", ".join(SAMPLERS))
+    if name == "cmaes" and objectives > 1:
+        raise EvolveError("CMA-ES optimises a single objective", hint="use --sampler tpe or nsga2 with several")
+    return name
+
+
+def make_sampler(name: str, *, seed: int, trials: int):
+    """A sampler named by ``sampler_name``."""
+    import optuna
+
     if name == "cmaes":
-        if objectives > 1:
-            raise EvolveError("CMA-ES optimises a single objective", hint="use --sampler tpe or nsga2 with several")
-        return name, optuna.samplers.CmaEsSampler(
+        return optuna.samplers.CmaEsSampler(
             seed=seed, warn_independent_sampling=False,
             independent_sampler=optuna.samplers.TPESampler(seed=seed))  # used when only one value is searched
     if name == "tpe":
-        return name, optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                                n_startup_trials=min(10, max(3, trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, trials // 3)))
     if name == "nsga2":
-        return name, optuna.samplers.NSGAIISampler(seed=seed)
-    return name, optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def worker_seeded(make: Callable[[int], Any], seed: int):
@@ -280,11 +285,8 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler_name, _ = make_sampler(options.sampler, seed=options.seed, objectives=len(directions),
-                                           trials=options.trials)
-            sampler = worker_seeded(lambda seed: make_sampler(options.sampler, seed=seed,
-                                                                 objectives=len(directions),
-                                                                 trials=options.trials)[1], options.seed)
+            chosen = sampler_name(options.sampler, len(directions))
+            sampler = worker_seeded(lambda seed: make_sampler(chosen, seed=seed, trials=options.trials), options.seed)
             try:
                 study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
                                             directions=directions, load_if_exists=True)
@@ -316,7 +318,7 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
         optuna.logging.set_verbosity(optuna_level)
     logger.info("best: trial %d %s -> %s", best.number, best.values,
                 "; ".join(f"{e.label} {est.describe()}" for e, est in zip(evals, best.final)))
-    return SearchResult(spec, params, evals, directions, sampler_name, study_name, options.storage, records, best,
+    return SearchResult(spec, params, evals, directions, chosen, study_name, options.storage, records, best,
                         options.anchors, options.final_top, options.seed)
 
 
