@@ -55,7 +55,8 @@ def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: 
     others = [prepare(t) for t in loaded.others]
     kwargs = dict(item.kwargs)
     if plan.method.random:
-        gen = torch.Generator(device=device)
+        # A CPU generator whatever the device: the masks drawn from it are then the same on every device.
+        gen = torch.Generator()
         gen.manual_seed(item.seed)
         kwargs["generator"] = gen
     try:

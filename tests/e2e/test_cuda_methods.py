@@ -1,7 +1,8 @@
 """Every registered method on CUDA against the same merge on the CPU (runs only where a GPU is present).
 
-Deterministic methods must agree to float tolerance (kernels differ in summation order); random ones
-draw their masks on the device, so they must be reproducible there and keep the same share of each delta.
+Deterministic methods must agree to float tolerance (kernels differ in summation order); random ones draw
+their masks on the CPU from the per-tensor seed, so the same entries are kept on both devices (DELLA may
+rank equal magnitudes in another order on the GPU, hence a tolerance of 0.1%).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def test_cuda_agrees_with_cpu(models, tmp_path, name):
     base = load_folder(models / "base")
     for k in cpu:
         if ".layers." in k and cpu[k].dim() == 2:
-            kept_cpu = (cpu[k] != base[k]).float().mean()
-            kept_gpu = (gpu[k] != base[k]).float().mean()
-            assert abs(kept_cpu - kept_gpu) < 0.05, (k, kept_cpu, kept_gpu)
+            kept_cpu = cpu[k] != base[k].to(cpu[k].dtype)
+            kept_gpu = gpu[k] != base[k].to(gpu[k].dtype)
+            assert 0 < float(kept_cpu.float().mean()) < 1, k  # a real mask, not all or nothing
+            assert float((kept_cpu == kept_gpu).float().mean()) > 0.999, k

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hubmerge.merge.methods import get_method
+from hubmerge.merge.methods._sampling import keep_mask
 
 pytestmark = pytest.mark.mergekit
 merge_methods = pytest.importorskip("mergekit.merge_methods", reason="mergekit 0.1.5 is not installed")
@@ -137,12 +138,29 @@ def test_spherical_and_geometric_methods(dtype, shape):
     assert_bitwise(ours("passthrough", None, others[:1], scales=[None]), theirs("passthrough", None, others[:1], {}))
 
 
+def _bernoulli_drawing_our_masks(generator: torch.Generator):
+    """A stand-in for ``torch.bernoulli`` that draws with our sampler from ``generator``: mergekit then masks with
+    exactly the masks we draw, so everything around the draw (probabilities, masking, rescaling, consensus) is
+    compared bitwise."""
+
+    def bernoulli(probs: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        assert not args and not kwargs
+        flat = probs.flatten()
+        constant = flat.numel() > 0 and bool((flat == flat[0]).all())
+        p = float(flat[0]) if constant else probs  # DARE passes a constant; we pass the number itself
+        return keep_mask(p, probs.shape, generator, probs.device).to(probs.dtype)
+
+    return bernoulli
+
+
 @pytest.mark.parametrize("shape", [(96, 200), (300,), (4, 20, 7)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float16], ids=str)
-def test_random_methods_match_mergekit_with_the_same_rng_state(dtype, shape):
-    """mergekit draws from the global RNG; a generator in the same state must give the same masks and outputs."""
+def test_random_methods_match_mergekit_given_the_same_masks(dtype, shape, monkeypatch):
+    """Our masks are not mergekit's (its global-RNG ``torch.bernoulli`` is what we replace); with mergekit's draw
+    swapped for ours, the outputs must be bitwise equal. Densities are exact in bf16, so mergekit's bf16
+    probability tensor holds the very number we threshold."""
     base, others = make_inputs(shape, dtype, 3, seed=31, ties=True)
-    d = [0.6, 0.3, 0.5]
+    d = [0.625, 0.3125, 0.5]
     cases = [
         ("dare_ties", {}, {}),
         ("dare_linear", {"normalize": True}, {"normalize": True}),
@@ -151,10 +169,12 @@ def test_random_methods_match_mergekit_with_the_same_rng_state(dtype, shape):
         ("della_linear", {}, {}),
     ]
     for name, kwargs, params in cases:
-        torch.manual_seed(1234)
-        want = theirs(name, base, others, {"weight": W3, "density": d, **params})
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "bernoulli", _bernoulli_drawing_our_masks(torch.Generator().manual_seed(1234)))
+            want = theirs(name, base, others, {"weight": W3, "density": d, **params})
         got = ours(name, base, others, weights=W3, densities=d, generator=torch.Generator().manual_seed(1234), **kwargs)
         assert_bitwise(got, want)
+        assert got.ne(0).any() and got.ne(base).any()
 
 
 def test_arcee_fusion_sampling_matches_with_the_same_rng_state():

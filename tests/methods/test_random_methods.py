@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hubmerge.merge.methods import get_method
+from hubmerge.merge.methods import _sampling
 from hubmerge.merge.methods import sparsify as sp
 
 
@@ -26,7 +27,7 @@ def nonzero_delta(n: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
 def test_dare_keep_rate_is_binomial(dtype, density):
     n = 200_000
     kept = int((sp.bernoulli(nonzero_delta(n, dtype), density, generator=gen(1)) != 0).sum())
-    p = float(torch.tensor(density, dtype=dtype if dtype == torch.bfloat16 else torch.float32))  # as drawn
+    p = density  # the density itself (to 6e-8), not its bf16 rounding as mergekit's bf16 draw
     assert abs(kept - n * p) < 6 * math.sqrt(n * p * (1 - p))
 
 
@@ -106,3 +107,43 @@ def test_arcee_fusion_sampling_is_seeded_and_close_to_exact_quantiles():
     took_a, took_b = a != base, b != base
     assert 0 < took_a.float().mean() < 0.5
     assert (took_a ^ took_b).float().mean() < 0.01  # a different sample moves the threshold only slightly
+
+
+def test_keep_mask_is_a_function_of_the_generator_state_only():
+    shape = (3, _sampling._CHUNK + 1000)  # several chunks, the last one short
+    a = _sampling.keep_mask(0.3, shape, gen(21))
+    assert a.shape == shape and a.dtype == torch.bool
+    assert torch.equal(a, _sampling.keep_mask(0.3, shape, gen(21)))
+    assert not torch.equal(a, _sampling.keep_mask(0.3, shape, gen(22)))
+    g = gen(21)
+    first, second = _sampling.keep_mask(0.3, shape, g), _sampling.keep_mask(0.3, shape, g)
+    assert torch.equal(first, a) and not torch.equal(second, a)  # the generator advances
+    flat = a.flatten()
+    chunk = _sampling._CHUNK
+    assert not torch.equal(flat[:chunk], flat[chunk:2 * chunk])  # each chunk is its own stream
+
+
+@pytest.mark.parametrize("p", [0.0, 2.0**-24, 0.125, 0.3125, 0.5, 0.71875, 1.0 - 2.0**-24, 1.0])
+def test_keep_mask_number_and_per_element_probabilities_agree(p):
+    """A number ``p`` and a tensor full of ``p`` (exact in float32) threshold the same integers."""
+    shape = (1000, 517)
+    by_number = _sampling.keep_mask(p, shape, gen(23))
+    by_tensor = _sampling.keep_mask(torch.full(shape, p), shape, gen(23))
+    assert torch.equal(by_number, by_tensor)
+    n = by_number.numel()
+    kept = int(by_number.sum())
+    if p in (0.0, 1.0):
+        assert kept == n * p
+    else:
+        assert abs(kept - n * p) < 6 * math.sqrt(n * p * (1 - p)) + 1
+
+
+def test_keep_mask_rates_follow_per_element_probabilities():
+    rows = 20_000
+    probs = torch.linspace(0.05, 0.95, 19).repeat(rows, 1)
+    kept = _sampling.keep_mask(probs, probs.shape, gen(24)).float().mean(dim=0)
+    expected = probs[0]
+    assert ((kept - expected).abs() < 6 * torch.sqrt(expected * (1 - expected) / rows)).all()
+    # neighbouring columns are not correlated (a weak generator or a reused stream would show here)
+    m = _sampling.keep_mask(0.5, (rows, 2), gen(25)).float()
+    assert abs(float(torch.corrcoef(m.T)[0, 1])) < 6 / math.sqrt(rows)

@@ -14,10 +14,12 @@ _SAMPLE = 1_000_000
 
 def _quantiles(scores: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
     """Q1, median, Q3 of ``scores`` (``sorted[int(q * (n - 1))]``), from a 1M-element random sample (with
-    replacement) when there are more elements, like mergekit."""
+    replacement) when there are more elements, like mergekit. The sample indices are drawn on the generator's
+    device (the CPU, from the executor) and moved to the scores, so the sample is the same on every device."""
     flat = scores.reshape(-1)
     if flat.numel() > _SAMPLE:
-        flat = flat[torch.randint(flat.numel(), (_SAMPLE,), device=flat.device, generator=generator)]
+        where = generator.device if generator is not None else "cpu"
+        flat = flat[torch.randint(flat.numel(), (_SAMPLE,), device=where, generator=generator).to(flat.device)]
     ordered = torch.sort(flat).values
     q = torch.tensor([0.25, 0.5, 0.75]).to(ordered.device)
     return list(ordered[(q * (ordered.numel() - 1)).long()])

@@ -20,8 +20,9 @@ to that dtype, and the reductions are the same tensor reductions over a stacked 
 boolean, which is as small), never the result.
 
 Random methods (dare_*, della*) take ``generator``: a ``torch.Generator`` on the tensor's device that the
-executor seeds per output tensor. mergekit draws from the global RNG in execution order instead; with a
-generator in the same state as mergekit's global RNG, the masks (and outputs) are identical.
+executor seeds per output tensor; the masks are drawn from it by ``_sampling.keep_mask``. mergekit draws
+``torch.bernoulli`` from the global RNG in execution order instead, so the masks differ; given the same masks,
+the outputs are bitwise equal (the kernel tests substitute our draws into mergekit's to check that).
 """
 
 from __future__ import annotations
