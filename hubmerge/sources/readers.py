@@ -1,11 +1,12 @@
 """Tensor readers: one small interface, interchangeable for local files, the HF cache and the Hub.
 
-A reader turns a ``TensorInfo`` into a CPU tensor that owns its memory. Readers are thread-safe: the
+A reader turns a ``TensorInfo`` into a CPU tensor the caller may modify freely. Readers are thread-safe: the
 executor calls them from prefetch threads.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -43,9 +44,10 @@ class BufferPool:
         return torch.empty(nbytes, dtype=torch.uint8)
 
     def give(self, tensor: torch.Tensor) -> None:
-        """Return the buffer behind a tensor that ``take`` handed out (and nothing else refers to)."""
+        """Return the buffer behind a tensor that ``take`` handed out (and nothing else refers to). Anything
+        else (a mapped file, a tensor on another device) is ignored: only storages we allocated are resizable."""
         base = tensor._base if tensor._base is not None else tensor
-        if base.dtype != torch.uint8 or base.device.type != "cpu":
+        if base.dtype != torch.uint8 or base.device.type != "cpu" or not base.untyped_storage().resizable():
             return
         with self._lock:
             if sum(b.numel() for b in self._free) + base.numel() <= self.max_bytes:
@@ -62,11 +64,19 @@ def tensor_from_bytes(buf: torch.Tensor, info: TensorInfo) -> torch.Tensor:
     return buf.view(info.torch_dtype).reshape(info.shape)
 
 
-class LocalFileReader:
-    """Reads tensors with ``pread`` from files in one folder: memory we own, freed as soon as it is used.
+# Linux 5.14+: fault the pages of a mapping in, read-only (a private mapping stays copy-on-write).
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_CAN_MAP = hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap.mmap, "madvise")
 
-    ``pread`` rather than mmap keeps the resident set honest (no lingering mapped pages) and releases
-    the GIL, so prefetch threads overlap I/O with the math.
+
+class LocalFileReader:
+    """Reads tensors from files in one folder, each tensor into memory released as soon as it is dropped.
+
+    A tensor is a private mapping of its byte range: no copy out of the page cache, and its pages are faulted
+    in by ``read`` (on a prefetch thread), not by the math. Private and writable, so a method that works in
+    place only copies the pages it touches, never writes the file. Dropping the tensor unmaps the range, so
+    the resident set counts only the tensors in flight. Where mapping is not possible (another OS, data not
+    aligned to its element size) the bytes are read with ``pread`` into a pooled buffer instead.
     """
 
     def __init__(self, root: Path):
@@ -86,7 +96,13 @@ class LocalFileReader:
                 self._fds[file] = fd
             return fd
 
+    def _truncated(self, info: TensorInfo) -> SourceError:
+        return SourceError(f"{self.root / info.file}: unexpected end of file reading '{info.name}'",
+                           hint="the file was truncated or changed during the merge")
+
     def read(self, info: TensorInfo) -> torch.Tensor:
+        if info.nbytes and _CAN_MAP and info.start % info.torch_dtype.itemsize == 0:
+            return self._map(info)
         buf = POOL.take(info.nbytes)
         if info.nbytes:
             view = memoryview(buf.numpy())
@@ -95,10 +111,25 @@ class LocalFileReader:
             while done < info.nbytes:
                 n = os.preadv(fd, [view[done:]], info.start + done)
                 if n <= 0:
-                    raise SourceError(f"{self.root / info.file}: unexpected end of file reading '{info.name}'",
-                                      hint="the file was truncated or changed during the merge")
+                    raise self._truncated(info)
                 done += n
         return tensor_from_bytes(buf, info)
+
+    def _map(self, info: TensorInfo) -> torch.Tensor:
+        fd = self._fd(info.file)
+        # A mapping past the end of the file would fault (SIGBUS) on access: check the size first.
+        if os.fstat(fd).st_size < info.start + info.nbytes:
+            raise self._truncated(info)
+        start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(fd, info.start + info.nbytes - start, flags=mmap.MAP_PRIVATE,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+        try:
+            mapped.madvise(_MADV_POPULATE_READ)
+        except OSError:  # older kernel: pages are faulted in on first use instead
+            pass
+        # The tensor keeps the mapping alive; the mapping is closed when the last view of it goes.
+        flat = torch.frombuffer(mapped, dtype=info.torch_dtype, count=info.numel, offset=info.start - start)
+        return flat.view(info.shape)
 
     def read_prefix(self, file: str, length: int, offset: int = 0) -> bytes:
         fd = self._fd(file)
