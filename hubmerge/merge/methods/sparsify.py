@@ -36,12 +36,26 @@ _RESCALE_EPS = 1e-7
 def apply_mask(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
     """``delta *= mask`` in place, then optionally restore the L1 norm (mergekit's ``rescaled_masked_tensor``)."""
     before = delta.abs().sum() if rescale else None
-    delta.mul_(mask)
+    _mul_in_chunks(delta, mask)
     if before is not None:
         after = delta.abs().sum()
         if not (before < _RESCALE_EPS or after < _RESCALE_EPS):
             delta.mul_(before / after)
     return delta
+
+
+_CHUNK = 1 << 20
+
+
+def _mul_in_chunks(values: torch.Tensor, mask: torch.Tensor) -> None:
+    """``values *= mask`` (same shape). A mask of another dtype is converted by the multiply; doing it a chunk at a
+    time keeps that converted copy small instead of full-size. Elementwise, so the results are identical."""
+    if values.device.type != "cpu" or not values.is_contiguous() or not mask.is_contiguous():
+        values.mul_(mask)
+        return
+    flat_values, flat_mask = values.view(-1), mask.view(-1)
+    for start in range(0, flat_values.numel(), _CHUNK):
+        flat_values[start:start + _CHUNK].mul_(flat_mask[start:start + _CHUNK])
 
 
 def magnitude(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:

@@ -81,23 +81,45 @@ def generalized_task_arithmetic(
             sparsify(deltas[i], i)
     w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *([1] * base.dim()))
     deltas.mul_(w)
+    return _combine(deltas, w.view(-1, 1), base, consensus=consensus, normalize=normalize, lam=lam)
 
-    if consensus:
-        mask = sign_consensus(deltas)
-        merged = deltas.mul_(mask).sum(dim=0)
-        divisor = mask.mul_(w).sum(dim=0)
-        del mask
-        divisor.masked_fill_(divisor == 0, 1)
-    else:
-        merged = deltas.sum(dim=0)
+
+_CHUNK = 1 << 18  # positions per step on the CPU: the per-model slices and temporaries stay in cache
+
+
+def _combine(deltas: torch.Tensor, w: torch.Tensor, base: torch.Tensor, *, consensus: bool, normalize: bool,
+             lam: float) -> torch.Tensor:
+    """Sign election, sum, division and ``base + lambda * D`` for weighted ``deltas`` ``[models, *shape]``.
+
+    Every step works per position across the models, so it runs in chunks of positions: the same operations on
+    every element (bit-identical to one whole-tensor pass), while the temporaries (signs, masks, sums) are a
+    chunk in size instead of several full-size copies of the deltas."""
+    count = deltas.shape[0]
+    flat = deltas.view(count, -1)
+    flat_base = base.reshape(-1)
+    out = torch.empty_like(flat_base)
+    n = flat_base.numel()
+    if not consensus:
         divisor = w.sum(dim=0)
         divisor.masked_fill_(divisor.abs() < 1e-8, 1)
-    del deltas
-    if normalize:
-        merged /= divisor
-    if lam != 1:
-        merged *= lam
-    return merged.add_(base)
+    step = _CHUNK if base.device.type == "cpu" else max(n, 1)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        chunk = flat[:, start:stop]
+        if consensus:
+            mask = sign_consensus(chunk)
+            merged = chunk.mul_(mask).sum(dim=0)
+            divisor = mask.mul_(w).sum(dim=0)
+            del mask
+            divisor.masked_fill_(divisor == 0, 1)
+        else:
+            merged = chunk.sum(dim=0)
+        if normalize:
+            merged /= divisor
+        if lam != 1:
+            merged *= lam
+        torch.add(merged, flat_base[start:stop], out=out[start:stop])
+    return out.view(base.shape)
 
 
 # ---- the registered methods ---------------------------------------------------------------------------
@@ -265,6 +287,7 @@ def _register(func, summary, paper, *, normalize, rescale, extra=(), random=Fals
             base="required",
             min_inputs=1,
             random=random,
+            compute_bound=func is not task_arithmetic,  # selection or sampling on top of the sums
             summary=summary,
             paper=paper,
             check=check,
