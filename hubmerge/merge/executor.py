@@ -106,9 +106,11 @@ class StreamingExecutor:
         self.prefetch_bytes = prefetch_bytes
         self.read_threads = read_threads
         self.show_progress = show_progress
-        # One core is left to reading, writing and hashing, which run beside the math; torch's own
-        # threads spin-wait and collapse when they oversubscribe the cores.
-        self.math_threads = math_threads or max(1, (os.cpu_count() or 2) - 1)
+        # Unless the method is compute-bound, one core is left to reading, writing and hashing, which run
+        # beside the math: torch's threads spin-wait, and for a linear merge on 2 cores a second math thread
+        # only adds ~40% CPU time. A DARE merge on 2 cores gets 25% faster with both.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        self.math_threads = math_threads or (cores if plan.method.compute_bound else max(1, cores - 1))
 
     def _read(self, item: PlannedTensor) -> _Loaded:
         models = self.plan.models

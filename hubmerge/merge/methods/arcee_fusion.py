@@ -52,6 +52,7 @@ def arcee_fusion(
 register(
     MergeMethod(
         name="arcee_fusion",
+        compute_bound=True,
         func=arcee_fusion,
         base="required",
         min_inputs=2,

@@ -48,6 +48,7 @@ register(
     MergeMethod(
         name="ram",
         func=ram,
+        compute_bound=True,
         params=(Param("epsilon", float, default=1e-5, help="threshold for an entry to count as changed"),),
         base="required",
         min_inputs=1,
@@ -59,6 +60,7 @@ register(
     MergeMethod(
         name="ramplus_tl",
         func=ramplus_tl,
+        compute_bound=True,
         params=(
             Param("r", float, default=0.1, help="boost strength for unique entries"),
             Param("alpha", float, default=0.2, help="cap on the shared/unique ratio"),

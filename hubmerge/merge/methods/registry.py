@@ -63,6 +63,9 @@ class MergeMethod:
     min_inputs: int = 1  # counting the base when it is an input
     max_inputs: int | None = None
     random: bool = False
+    # Its math costs far more than reading and writing the tensor (sorting, sampling, iterating): the executor
+    # gives it every core. Otherwise one core is left to the reads, writes and hashing that run beside it.
+    compute_bound: bool = False
     summary: str = ""
     paper: str = ""  # URL
     # Extra validation of resolved scalar parameters, before any tensor is read: raises ValueError.

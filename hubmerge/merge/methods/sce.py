@@ -50,6 +50,7 @@ register(
     MergeMethod(
         name="sce",
         func=sce,
+        compute_bound=True,
         params=(
             Param("int8_mask", bool, default=False, help="store the selection mask as int8 (no effect on the result)"),
             Param("select_topk", float, default=1.0, help="fraction of highest-variance positions kept"),

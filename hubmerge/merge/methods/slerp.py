@@ -252,6 +252,7 @@ register(
     MergeMethod(
         name="karcher",
         func=karcher,
+        compute_bound=True,
         params=(
             Param("max_iter", int, default=10, help="maximum iterations"),
             Param("tol", float, default=1e-5, help="convergence tolerance"),
