@@ -124,10 +124,24 @@ def _select(keys: torch.Tensor, ranks: list[int]) -> dict[int, tuple[int, int]]:
     return out
 
 
+_CHUNK = 1 << 22  # elements per step where a whole-range temporary would be large
+
+
 def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
-    if mask.device.type == "cpu":  # numpy's is ~10x faster than torch.nonzero on CPU
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.nonzero().view(-1)
+    """Indices of the True entries, int32 where they fit: at the top levels of a replay these index arrays
+    cover a quarter of a tensor of tens of millions of elements each, so their width matters."""
+    if mask.device.type != "cpu":
+        return mask.nonzero().view(-1)
+    flags = mask.numpy()  # numpy's is ~10x faster than torch.nonzero on CPU
+    if flags.size <= _CHUNK or flags.size >= 2**31:
+        return torch.from_numpy(np.flatnonzero(flags))
+    out = np.empty(int(np.count_nonzero(flags)), dtype=np.int32)
+    filled = 0
+    for start in range(0, flags.size, _CHUNK):  # chunk by chunk: no full-size int64 array on the way
+        found = np.flatnonzero(flags[start:start + _CHUNK])
+        out[filled:filled + found.size] = found + start
+        filled += found.size
+    return torch.from_numpy(out)
 
 
 def _count(mask: torch.Tensor) -> int:
@@ -223,20 +237,28 @@ def _replay(
         go_right = [b for b in inside if b > lo + cut]
         record = [b for b in inside if b >= lo + cut and values[b] == pivot]
         key_r, pos_r = key[cut:], pos[cut:]
-        if go_left or record:  # the left range receives the right stops' elements, highest position first
-            into_left_key, into_left_pos = key_r[right].flip(0), pos_r[right].flip(0)
-        if go_right:
-            into_right_key, into_right_pos = key[left].flip(0), pos[left].flip(0)
         for b in record:  # the left range is entirely before b: its elements equal to b's key are ties
             ties[b].append(pos[:1].clone())
-            ties[b].append(into_left_pos[into_left_key == pivot])
+        # The i-th left stop swaps with the i-th right stop from the end. The pairs are disjoint, so they are
+        # swapped a chunk of pairs at a time (temporaries a chunk in size, not a quarter of the tensor).
+        pairs = left.numel()
+        for a in range(0, pairs, _CHUNK):
+            b = min(a + _CHUNK, pairs)
+            to_left, to_right = left[a:b], right[pairs - b:pairs - a].flip(0)
+            if go_left or record:  # what the left range receives
+                in_key, in_pos = key_r[to_right], pos_r[to_right]
+            if go_right:
+                out_key, out_pos = key[to_left], pos[to_left]
+            for bound in record:
+                ties[bound].append(in_pos[in_key == pivot])
+            if go_left:
+                key[to_left], pos[to_left] = in_key, in_pos
+            if go_right:
+                key_r[to_right], pos_r[to_right] = out_key, out_pos
+        del left, right
         if go_left:
-            key.scatter_(0, left, into_left_key)
-            pos.scatter_(0, left, into_left_pos)
             stack.append((lo, key[:cut], pos[:cut], depth, go_left))
         if go_right:
-            key_r.scatter_(0, right, into_right_key)
-            pos_r.scatter_(0, right, into_right_pos)
             stack.append((lo + cut, key_r, pos_r, depth, go_right))
     return ties
 
