@@ -352,3 +352,26 @@ def test_ram_and_ramplus():
         merged += torch.where(active[i] & (count == 1), tvs[i] * scale, 0.0)
         merged += torch.where(active[i] & (count > 1), tvs[i] / count.clamp(min=1), 0.0)
     close(run("ramplus_tl", base, others, epsilon=eps), base + merged)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_sum_over_models_is_torch_sum_bit_for_bit(dtype):
+    """The fast per-position sum must equal ``torch.sum(dim=0)`` exactly, signed zeros, infinities, overflow
+    and subnormals included (NaN results only as NaN: their payload is not specified)."""
+    from hubmerge.merge.methods.task_arithmetic import sum_over_models
+
+    g = torch.Generator().manual_seed(17)
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 65504.0, -65504.0, 1e-40, 3e38])
+    for models in range(1, 10):
+        for scale in (1e-6, 1e-2, 1.0, 1e4):
+            x = torch.randn(models, 5003, generator=g) * scale
+            where = torch.randint(0, 5003, (models, 200), generator=g)
+            x.scatter_(1, where, specials[torch.randint(0, len(specials), where.shape, generator=g)])
+            x = x.to(dtype)
+            padded = torch.zeros(models, 5003 + 9, dtype=dtype)
+            padded[:, 4:-5] = x
+            for rows in (x, padded[:, 4:-5]):  # contiguous, and a column slice as the chunked kernels pass
+                got, want = sum_over_models(rows), rows.sum(dim=0)
+                assert got.dtype == want.dtype
+                same = (got.view(-1).view(torch.uint8) == want.view(-1).view(torch.uint8)).view(*got.shape, -1).all(-1)
+                assert (same | (got.isnan() & want.isnan())).all(), (models, scale)

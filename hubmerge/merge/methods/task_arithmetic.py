@@ -38,6 +38,25 @@ from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, regist
 Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (delta, model index) -> delta, in place
 
 
+_SEQUENTIAL_ROWS = 8  # up to this many models the accumulation order below is verified against torch.sum
+
+
+def sum_over_models(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(dim=0)``, bit for bit, faster for a few bf16/fp16 models on the CPU.
+
+    For those, torch adds the rows in order into a float32 accumulator that starts at zero and rounds once at
+    the end; its reduction kernel does it at ~3 ns per element, plain in-place adds at ~1 ns. (``0 + row 0``
+    turns -0 into +0, as the zero start does; only the payload of a NaN result may differ.) Anything else goes
+    to torch.sum."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cpu" or not 0 < len(x) <= _SEQUENTIAL_ROWS:
+        return x.sum(dim=0)
+    total = x[0].float()
+    total += 0.0
+    for row in x[1:]:
+        total += row
+    return total.to(x.dtype)
+
+
 def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
     """TIES sign election over dim 0 (mergekit's "sum" method).
 
@@ -45,7 +64,7 @@ def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
     in the deltas' dtype: 1 where ``d_i`` has the elected sign, else 0 (zeros and NaNs never agree). Multiplying
     by it gives the same values as mergekit's boolean mask.
     """
-    elected = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    elected = (sum_over_models(deltas) >= 0).to(deltas.dtype) * 2 - 1
     return deltas.sign().eq_(elected)
 
 
@@ -74,52 +93,68 @@ def generalized_task_arithmetic(
     if weights is None:
         raise ValueError("weight: required for every non-base model")
     weights = _per_model(weights, len(others), 0.0, "weight")
-    deltas = base.new_empty((len(others), *base.shape))
-    for i, other in enumerate(others):
-        torch.sub(other, base, out=deltas[i])
-        if sparsify is not None:
+    count, n = len(others), base.numel()
+    w = torch.tensor(weights, dtype=base.dtype, device=base.device).view(-1, 1)
+    flat_base = base.reshape(-1)
+    step = _CHUNK if base.device.type == "cpu" else max(n, 1)
+    if sparsify is None:
+        # Elementwise from end to end: each chunk's deltas are made in a small reused buffer, never whole.
+        flat_others = [other.reshape(-1) for other in others]
+        buffer = base.new_empty((count, min(step, n)))
+
+        def chunk_deltas(start: int, stop: int) -> torch.Tensor:
+            chunk = buffer[:, : stop - start]
+            for i, other in enumerate(flat_others):
+                torch.sub(other[start:stop], flat_base[start:stop], out=chunk[i])
+            return chunk.mul_(w)
+    else:
+        # Sparsifiers need each model's whole delta (top-k, norms, row ranks).
+        deltas = base.new_empty((count, *base.shape))
+        for i, other in enumerate(others):
+            torch.sub(other, base, out=deltas[i])
             sparsify(deltas[i], i)
-    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *([1] * base.dim()))
-    deltas.mul_(w)
-    return _combine(deltas, w.view(-1, 1), base, consensus=consensus, normalize=normalize, lam=lam)
+        flat = deltas.view(count, -1).mul_(w)
+
+        def chunk_deltas(start: int, stop: int) -> torch.Tensor:
+            return flat[:, start:stop]
+
+    return _combine(chunk_deltas, w, flat_base, step, consensus=consensus, normalize=normalize,
+                    lam=lam).view(base.shape)
 
 
 _CHUNK = 1 << 18  # positions per step on the CPU: the per-model slices and temporaries stay in cache
 
 
-def _combine(deltas: torch.Tensor, w: torch.Tensor, base: torch.Tensor, *, consensus: bool, normalize: bool,
-             lam: float) -> torch.Tensor:
-    """Sign election, sum, division and ``base + lambda * D`` for weighted ``deltas`` ``[models, *shape]``.
+def _combine(chunk_deltas: Callable[[int, int], torch.Tensor], w: torch.Tensor, flat_base: torch.Tensor,
+             step: int, *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
+    """Sign election, sum, division and ``base + lambda * D`` from weighted deltas ``[models, positions]``,
+    ``chunk_deltas(start, stop)`` giving the columns ``start:stop`` (ours to modify).
 
     Every step works per position across the models, so it runs in chunks of positions: the same operations on
     every element (bit-identical to one whole-tensor pass), while the temporaries (signs, masks, sums) are a
     chunk in size instead of several full-size copies of the deltas."""
-    count = deltas.shape[0]
-    flat = deltas.view(count, -1)
-    flat_base = base.reshape(-1)
     out = torch.empty_like(flat_base)
     n = flat_base.numel()
     if not consensus:
         divisor = w.sum(dim=0)
         divisor.masked_fill_(divisor.abs() < 1e-8, 1)
-    step = _CHUNK if base.device.type == "cpu" else max(n, 1)
     for start in range(0, n, step):
         stop = min(start + step, n)
-        chunk = flat[:, start:stop]
+        chunk = chunk_deltas(start, stop)
         if consensus:
             mask = sign_consensus(chunk)
-            merged = chunk.mul_(mask).sum(dim=0)
-            divisor = mask.mul_(w).sum(dim=0)
+            merged = sum_over_models(chunk.mul_(mask))
+            divisor = sum_over_models(mask.mul_(w))
             del mask
             divisor.masked_fill_(divisor == 0, 1)
         else:
-            merged = chunk.sum(dim=0)
+            merged = sum_over_models(chunk)
         if normalize:
             merged /= divisor
         if lam != 1:
             merged *= lam
         torch.add(merged, flat_base[start:stop], out=out[start:stop])
-    return out.view(base.shape)
+    return out
 
 
 # ---- the registered methods ---------------------------------------------------------------------------
