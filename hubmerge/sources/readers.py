@@ -45,9 +45,9 @@ class BufferPool:
 
     def give(self, tensor: torch.Tensor) -> None:
         """Return the buffer behind a tensor that ``take`` handed out (and nothing else refers to). Anything
-        else (a mapped file, a tensor on another device) is ignored: only storages we allocated are resizable."""
+        else is ignored: a mapped tensor's base has the tensor's own (float) dtype, never uint8."""
         base = tensor._base if tensor._base is not None else tensor
-        if base.dtype != torch.uint8 or base.device.type != "cpu" or not base.untyped_storage().resizable():
+        if base.dtype != torch.uint8 or base.device.type != "cpu":
             return
         with self._lock:
             if sum(b.numel() for b in self._free) + base.numel() <= self.max_bytes:

@@ -133,3 +133,60 @@ def test_index_disagreeing_with_shards(tmp_path):
                                                                                "b": "s1.safetensors"}}))
     with pytest.raises(SourceError, match="'b'"):
         open_model(ModelRef(str(d)))
+
+
+def test_mapped_reads_are_private_and_not_pooled(tmp_path):
+    """A read tensor maps the file privately: writing to it (methods work in place) never reaches the file,
+    and the buffer pool never takes a mapping for reuse."""
+    from hubmerge.sources.readers import POOL
+
+    d = _model_dir(tmp_path)
+    original = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    path = d / "model.safetensors"
+    save_file({"w": original}, str(path))
+    before = path.read_bytes()
+    src = open_model(ModelRef(str(d)))
+    try:
+        got = src.reader.read(src.tensors["w"])
+        assert torch.equal(got, original)
+        got.mul_(-3.0)  # in place, like a sparsifier
+        assert path.read_bytes() == before
+        assert torch.equal(src.reader.read(src.tensors["w"]), original)  # a fresh read sees the file
+        pooled = len(POOL._free)
+        POOL.give(got)
+        assert len(POOL._free) == pooled
+    finally:
+        src.close()
+
+
+def test_file_truncated_after_planning_is_a_clear_error(tmp_path):
+    d = _model_dir(tmp_path)
+    path = d / "model.safetensors"
+    save_file({"a": torch.ones(1000), "b": torch.ones(1000)}, str(path))
+    src = open_model(ModelRef(str(d)))
+    try:
+        info = src.tensors["b"] if src.tensors["b"].start > src.tensors["a"].start else src.tensors["a"]
+        with open(path, "r+b") as f:
+            f.truncate(info.start + 10)
+        with pytest.raises(SourceError, match=f"unexpected end of file reading '{info.name}'"):
+            src.reader.read(info)
+    finally:
+        src.close()
+
+
+def test_unaligned_tensor_data_is_read_with_pread(tmp_path):
+    """Data offsets are not guaranteed to be multiples of the element size; such tensors are copied, not mapped."""
+    d = _model_dir(tmp_path)
+    values = torch.arange(6, dtype=torch.float32)
+    header = {"x": {"dtype": "F32", "shape": [6], "data_offsets": [1, 25]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)  # the data section starts 8-aligned, the tensor one byte in
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" + values.numpy().tobytes())
+    src = open_model(ModelRef(str(d)))
+    try:
+        info = src.tensors["x"]
+        assert info.start % 4 == 1
+        got = src.reader.read(info)
+        assert torch.equal(got, values)
+    finally:
+        src.close()

@@ -5,11 +5,12 @@ slowest step of a DARE merge. Here element ``i`` is kept when
 
     u_i < p_i,    u_i = floor(r_i / 2^8) / 2^24,    r_i a uniform 32-bit integer,
 
-so ``P(keep) = ceil(p_i * 2^24) / 2^24``: ``p`` itself for every bf16/fp16 value and to within 6e-8 for
-float32. The integers come from numpy's SFC64 ("Small Fast Chaotic", Doty-Humphrey; passes PractRand and
-BigCrush), about 1 ns per element, in fixed chunks of ``_CHUNK`` elements. Chunk ``c`` is its own stream,
-seeded by ``SeedSequence([w0, w1, c])`` where ``w0, w1`` are two integers drawn from the caller's
-``torch.Generator``: the mask depends only on that generator's state, never on thread count or device
+so ``P(keep) = ceil(p_i * 2^24) / 2^24``: exactly ``p`` when ``p * 2^24`` is an integer (any bf16/fp16 value
+from 2^-16 up), within 6e-8 otherwise. The integers come from numpy's SFC64 (Chris Doty-Humphrey's "Small
+Fast Chaotic" generator; a 64-bit counter in its 256-bit state guarantees a period of at least 2^64), about
+1 ns per element, in fixed chunks of ``_CHUNK`` elements. Chunk ``c`` is its own stream, seeded by
+``SeedSequence([w0, w1, c])`` where ``w0, w1`` are two integers drawn from the caller's ``torch.Generator``:
+the mask depends only on that generator's state, never on thread count or device
 (the draw runs on the CPU and the mask is moved to the tensor's device). Pure function, no I/O.
 """
 
