@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hubmerge.errors import HubmergeError, MergeError
+from hubmerge.merge.methods.registry import ReleasableInputs
 from hubmerge.merge.plan import MergePlan, PlannedTensor
 from hubmerge.sources.readers import POOL
 from hubmerge.sources.safetensors_format import DTYPES
@@ -52,7 +53,9 @@ def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: 
         return t.to(device=device, dtype=compute, non_blocking=True)
 
     base = prepare(loaded.base) if loaded.base is not None else None
-    others = [prepare(t) for t in loaded.others]
+    # The method gets the only references to the other inputs, so it may release them early (see registry).
+    others = ReleasableInputs(prepare(t) for t in loaded.others)
+    loaded.others.clear()
     kwargs = dict(item.kwargs)
     if plan.method.random:
         # A CPU generator whatever the device: the masks drawn from it are then the same on every device.

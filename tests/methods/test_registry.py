@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
 
 from hubmerge.merge.methods import REQUIRED, all_methods, get_method
 
@@ -104,3 +105,34 @@ def test_parameters_and_contract_match_mergekit(name):
         assert ours.max_inputs is None
     if spec.reference_url:
         assert ours.paper == spec.reference_url
+
+
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "della", "breadcrumbs"])
+def test_sparsifying_methods_release_executor_inputs_and_leave_a_callers_list(name):
+    """With ``ReleasableInputs`` (what the executor passes) each input is dropped once its delta exists, so its
+    memory goes before the costly selection; a caller's own list is never touched; the result is the same."""
+    import weakref
+
+    from hubmerge.merge.methods.registry import ReleasableInputs
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(64, 48, generator=g)
+    kwargs = {"weights": [0.6, 0.4], "densities": [0.5, 0.5]}
+    if get_method(name).random:
+        kwargs["generator"] = None
+
+    def run(others):
+        if "generator" in kwargs:
+            kwargs["generator"] = torch.Generator().manual_seed(9)
+        return get_method(name).func(base, others, **kwargs)
+
+    plain = [base + 0.01 * torch.randn(64, 48, generator=g) for _ in range(2)]
+    originals = [t.clone() for t in plain]
+    want = run(plain)
+    assert all(a is not None and torch.equal(a, b) for a, b in zip(plain, originals))
+
+    inputs = ReleasableInputs(t.clone() for t in originals)
+    alive = [weakref.ref(t) for t in inputs]
+    got = run(inputs)
+    assert list(inputs) == [None, None] and all(r() is None for r in alive)
+    assert torch.equal(got, want)

@@ -14,6 +14,9 @@ executor resolves parameters (scalars, gradients, filters) per output tensor and
   shape. Methods may compute in a wider dtype but must return the dtype mergekit returns.
 - ``generator`` is a ``torch.Generator`` seeded from (seed, output tensor name), so random results do not
   depend on execution order, threads or how the work is split.
+- the executor passes ``others`` as :class:`ReleasableInputs`, a list nothing else refers to: a method may
+  ``release`` an input it is done with, so its memory (a mapped file range) is freed while the method still
+  works on the rest. Any other sequence (a caller's own list) is never modified.
 
 No I/O, no config objects, no global state in a method.
 """
@@ -24,6 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 REQUIRED: Any = object()
+
+
+class ReleasableInputs(list):
+    """The executor's ``others``: it keeps no other reference to them (see ``release``)."""
+
+
+def release(inputs: Any, index: int) -> None:
+    """Drop ``inputs[index]`` if the caller allowed it (``ReleasableInputs``); otherwise do nothing."""
+    if isinstance(inputs, ReleasableInputs):
+        inputs[index] = None
 
 ParamScope = Literal["shared", "model"]
 BasePolicy = Literal["required", "optional", "ignored"]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from hubmerge.merge.methods import sparsify as sp
-from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, register
+from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, register, release
 
 Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (delta, model index) -> delta, in place
 
@@ -110,8 +110,9 @@ def generalized_task_arithmetic(
     else:
         # Sparsifiers need each model's whole delta (top-k, norms, row ranks).
         deltas = base.new_empty((count, *base.shape))
-        for i, other in enumerate(others):
-            torch.sub(other, base, out=deltas[i])
+        for i in range(count):
+            torch.sub(others[i], base, out=deltas[i])
+            release(others, i)  # the input is not needed again: free it before the costly sparsifying
             sparsify(deltas[i], i)
         flat = deltas.view(count, -1).mul_(w)
 
