@@ -251,20 +251,18 @@ def test_merge_shows_progress_and_runs_one_at_a_time(hub, parents, client, repo_
     while job1.status().code.name in ("STARTING", "JOINING_QUEUE"):
         time.sleep(0.02)
     job2 = client.submit(recipe(parents), second, False, api_name="/merge")
-    bars, overlap = set(), []
+    bars = set()
     while not job1.done():
-        status2 = job2.status()  # read first: job1's end is recorded before job2's start (one event stream)
-        status1 = job1.status()
-        bars |= {(p.desc, p.length, p.unit) for p in status1.progress_data or []}
-        if status2.code.name in ("PROCESSING", "PROGRESS") and status1.code.name != "FINISHED":
-            overlap.append((status1.code.name, status2.code.name))
+        bars |= {(p.desc, p.length, p.unit) for p in job1.status().progress_data or []}
         time.sleep(0.02)
     job2.result(timeout=60)
     assert f"{ALICE}/{first}" in job1.result()[0] and f"{ALICE}/{second}" in job2.result()[0]
     merging = [b for b in bars if b[0] == "Merging"]
     assert merging and merging[0][2] == "B" and merging[0][1] > 0, bars
-    assert not overlap, "the second merge ran while the first was still running"
 
+    # One at a time, from the server's side: the second merge's first request (resolving its parents) comes
+    # after the first merge's commit. (The client's job statuses cannot show it: each job's status is updated
+    # by its own client thread, so job 2 may read "processing" before job 1's "finished" is applied.)
     log = [r.path for r in hub.log]
     first_commit = next(i for i, p in enumerate(log) if p.startswith(f"/api/models/{ALICE}/{first}/commit/"))
     second_seen = next(i for i, p in enumerate(log) if f"{ALICE}/{second}" in p)

@@ -191,7 +191,9 @@ def _split(key: torch.Tensor, pivot: int) -> tuple[int, torch.Tensor, torch.Tens
             raise _NeedRealSort
         cut = x0 + int(best.max())
     left = _flatnonzero(ge[:cut])
+    del ge  # one full-size mask less while the other one is read
     right = _flatnonzero(le[cut:])
+    del le
     if right.numel() == left.numel() + 1:  # the key at ``cut`` equals the pivot and stays where it is
         right = right[1:]
     elif right.numel() != left.numel():
