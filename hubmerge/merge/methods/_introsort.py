@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hubmerge.merge.methods._chunks import spans
+
 __all__ = ["sorted_range_mask"]
 
 _INSERTION_THRESHOLD = 16  # libstdc++ _S_threshold: ranges this small are left to the final insertion sort
@@ -137,8 +139,8 @@ def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.flatnonzero(flags))
     out = np.empty(int(np.count_nonzero(flags)), dtype=np.int32)
     filled = 0
-    for start in range(0, flags.size, _CHUNK):  # chunk by chunk: no full-size int64 array on the way
-        found = np.flatnonzero(flags[start:start + _CHUNK])
+    for start, stop in spans(flags.size, _CHUNK):  # chunk by chunk: no full-size int64 array on the way
+        found = np.flatnonzero(flags[start:stop])
         out[filled:filled + found.size] = found + start
         filled += found.size
     return torch.from_numpy(out)
@@ -244,8 +246,7 @@ def _replay(
         # The i-th left stop swaps with the i-th right stop from the end. The pairs are disjoint, so they are
         # swapped a chunk of pairs at a time (temporaries a chunk in size, not a quarter of the tensor).
         pairs = left.numel()
-        for a in range(0, pairs, _CHUNK):
-            b = min(a + _CHUNK, pairs)
+        for a, b in spans(pairs, _CHUNK):
             to_left, to_right = left[a:b], right[pairs - b:pairs - a].flip(0)
             if go_left or record:  # what the left range receives
                 in_key, in_pos = key_r[to_right], pos_r[to_right]

@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 
+from hubmerge.merge.methods._chunks import spans
+
 __all__ = ["keep_mask"]
 
 _CHUNK = 1 << 22  # elements per stream: big enough that seeding (~30 µs) is noise, small enough to stay in cache
@@ -48,19 +50,21 @@ def keep_mask(probability: float | torch.Tensor, shape: torch.Size | tuple[int, 
     mask = np.empty(n, dtype=np.bool_)
     if isinstance(probability, torch.Tensor):
         p = probability.detach().to("cpu", torch.float32).reshape(-1).numpy()
-        for c, start in enumerate(range(0, n, _CHUNK)):
-            stop = min(start + _CHUNK, n)
-            u = (_chunk_bits(words, c, stop - start) >> np.uint32(32 - _FRACTION_BITS)).astype(np.float32)
+
+        def keep(bits: np.ndarray, start: int, stop: int) -> None:
+            u = (bits >> np.uint32(32 - _FRACTION_BITS)).astype(np.float32)
             u *= np.float32(2.0**-_FRACTION_BITS)  # exact: a 24-bit integer times a power of two
             np.less(u, p[start:stop], out=mask[start:stop])
     else:
         # u < p  <=>  floor(r / 2^8) < ceil(p * 2^24)  <=>  r < ceil(p * 2^24) * 2^8: one integer compare
         steps = math.ceil(min(max(float(probability), 0.0), 1.0) * 2**_FRACTION_BITS)
         threshold = steps << (32 - _FRACTION_BITS)
-        for c, start in enumerate(range(0, n, _CHUNK)):
-            stop = min(start + _CHUNK, n)
-            if threshold >= 2**32:
-                mask[start:stop] = True
-            else:
-                np.less(_chunk_bits(words, c, stop - start), np.uint32(threshold), out=mask[start:stop])
+        if threshold >= 2**32:  # p >= 1: every entry is kept, nothing to draw
+            return torch.ones(tuple(shape), dtype=torch.bool, device=device)
+
+        def keep(bits: np.ndarray, start: int, stop: int) -> None:
+            np.less(bits, np.uint32(threshold), out=mask[start:stop])
+
+    for c, (start, stop) in enumerate(spans(n, _CHUNK)):
+        keep(_chunk_bits(words, c, stop - start), start, stop)
     return torch.from_numpy(mask).view(tuple(shape)).to(device)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hubmerge.merge.methods._chunks import chunk_length, spans
 from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, register
 
 
@@ -34,11 +35,10 @@ def linear(
     # Elementwise, so computing it in cache-sized chunks performs exactly the same operations per element
     # (bit-identical) while the float32 accumulator never leaves the CPU cache: memory traffic drops from
     # ~40 to ~8 bytes per element.
-    step = _CHUNK if first.device.type == "cpu" else max(first.numel(), 1)
+    step = chunk_length(first.numel(), _CHUNK, first.device)
     acc = torch.empty(min(step, first.numel()), dtype=dtype, device=first.device)
     widened = torch.empty_like(acc)
-    for start in range(0, first.numel(), step):
-        end = min(start + step, first.numel())
+    for start, end in spans(first.numel(), step):
         a, w = acc[: end - start], widened[: end - start]
         a.zero_()
         for tensor, coefficient in zip(flat_inputs, per_input):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from hubmerge.merge.methods._chunks import spans
 from hubmerge.merge.methods._introsort import sorted_range_mask
 from hubmerge.merge.methods._sampling import keep_mask
 
@@ -54,8 +55,8 @@ def _mul_in_chunks(values: torch.Tensor, mask: torch.Tensor) -> None:
         values.mul_(mask)
         return
     flat_values, flat_mask = values.view(-1), mask.view(-1)
-    for start in range(0, flat_values.numel(), _CHUNK):
-        flat_values[start:start + _CHUNK].mul_(flat_mask[start:start + _CHUNK])
+    for start, stop in spans(flat_values.numel(), _CHUNK):
+        flat_values[start:stop].mul_(flat_mask[start:stop])
 
 
 def magnitude(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:

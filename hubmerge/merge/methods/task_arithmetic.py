@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from hubmerge.merge.methods import sparsify as sp
+from hubmerge.merge.methods._chunks import chunk_length, spans
 from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, register, release
 
 Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (delta, model index) -> delta, in place
@@ -96,7 +97,7 @@ def generalized_task_arithmetic(
     count, n = len(others), base.numel()
     w = torch.tensor(weights, dtype=base.dtype, device=base.device).view(-1, 1)
     flat_base = base.reshape(-1)
-    step = _CHUNK if base.device.type == "cpu" else max(n, 1)
+    step = chunk_length(n, _CHUNK, base.device)
     if sparsify is None:
         # Elementwise from end to end: each chunk's deltas are made in a small reused buffer, never whole.
         flat_others = [other.reshape(-1) for other in others]
@@ -139,8 +140,7 @@ def _combine(chunk_deltas: Callable[[int, int], torch.Tensor], w: torch.Tensor, 
     if not consensus:
         divisor = w.sum(dim=0)
         divisor.masked_fill_(divisor.abs() < 1e-8, 1)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
+    for start, stop in spans(n, step):
         chunk = chunk_deltas(start, stop)
         if consensus:
             mask = sign_consensus(chunk)
