@@ -6,6 +6,7 @@ executor calls them from prefetch threads.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -69,6 +70,28 @@ _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _CAN_MAP = hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap.mmap, "madvise")
 
 
+def _libc_madvise():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+# Called through ctypes, which lets go of the GIL for the call: faulting in a large tensor takes tens of
+# milliseconds of kernel time, and ``mmap.madvise`` would hold the GIL (and so the math thread) all along.
+_MADVISE = _libc_madvise()
+
+
+def _populate(address: int, length: int) -> None:
+    """Fault a mapping's pages in; best effort (an older kernel faults them on first use instead)."""
+    if _MADVISE is not None:
+        _MADVISE(address, length, _MADV_POPULATE_READ)
+
+
 class LocalFileReader:
     """Reads tensors from files in one folder, each tensor into memory released as soon as it is dropped.
 
@@ -123,12 +146,9 @@ class LocalFileReader:
         start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
         mapped = mmap.mmap(fd, info.start + info.nbytes - start, flags=mmap.MAP_PRIVATE,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-        try:
-            mapped.madvise(_MADV_POPULATE_READ)
-        except OSError:  # older kernel: pages are faulted in on first use instead
-            pass
         # The tensor keeps the mapping alive; the mapping is closed when the last view of it goes.
         flat = torch.frombuffer(mapped, dtype=info.torch_dtype, count=info.numel, offset=info.start - start)
+        _populate(flat.data_ptr() - (info.start - start), len(mapped))
         return flat.view(info.shape)
 
     def read_prefix(self, file: str, length: int, offset: int = 0) -> bytes:

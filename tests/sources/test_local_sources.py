@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from pathlib import Path
 
@@ -188,5 +190,33 @@ def test_unaligned_tensor_data_is_read_with_pread(tmp_path):
         assert info.start % 4 == 1
         got = src.reader.read(info)
         assert torch.equal(got, values)
+    finally:
+        src.close()
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_read_faults_the_mapped_pages_in(tmp_path):
+    """``read`` runs on the prefetch thread: the pages must be resident when it returns, not faulted in later
+    by the math (the populate call is best effort, so this checks it did its work on this kernel)."""
+    from hubmerge.sources import readers
+
+    release = tuple(int(p) for p in re.findall(r"\d+", os.uname().release)[:2])
+    if readers._MADVISE is None or release < (5, 14):
+        pytest.skip("MADV_POPULATE_READ needs Linux 5.14+")
+    d = _model_dir(tmp_path)
+    save_file({"w": torch.ones(16 << 20, dtype=torch.float32)}, str(d / "model.safetensors"))  # 64 MiB
+    src = open_model(ModelRef(str(d)))
+    try:
+        info = src.tensors["w"]
+        (d / "model.safetensors").read_bytes()  # in the page cache, as after a download
+        before = _resident_bytes()
+        got = src.reader.read(info)
+        grown = _resident_bytes() - before
+        assert grown > 0.9 * info.nbytes, f"only {grown} of {info.nbytes} bytes resident after read"
+        assert float(got[-1]) == 1.0
     finally:
         src.close()
