@@ -2,9 +2,9 @@
 
 Every output tensor's name, dtype and shape is known from the plan, so each shard's header is written
 first and tensor bytes are streamed behind it: nothing is buffered beyond the tensor being written.
-Shards are written as ``<name>.partial`` and renamed once complete and fsynced, and recorded in a
-progress file with the digest of every tensor in them; ``--resume`` re-reads a finished shard and checks
-those digests before trusting it.
+Shards are written as ``<name>.partial`` (``shard_file`` says how the bytes reach the disk), renamed once
+complete and fsynced, and recorded in a progress file with the digest of every tensor in them; ``--resume``
+re-reads a finished shard and checks those digests before trusting it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import json
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from hubmerge.errors import OutputError
+from hubmerge.output.shard_file import open_shard_file
 from hubmerge.sources.safetensors_format import ITEM_SIZES, build_header
 
 logger = logging.getLogger(__name__)
@@ -80,12 +80,15 @@ def index_document(shards: list[Shard], extra_metadata: dict[str, str] | None = 
     return {"metadata": {"total_size": total, **(extra_metadata or {})}, "weight_map": weight_map(shards)}
 
 
+def raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw little-endian bytes of a CPU tensor as a flat uint8 tensor (no copy when contiguous)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a contiguous CPU tensor, without copying."""
-    t = tensor.contiguous()
-    if t.numel() == 0:
-        return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    """The raw little-endian bytes of a CPU tensor, without copying when it is contiguous."""
+    raw = raw_bytes(tensor)
+    return memoryview(raw.numpy()) if raw.numel() else memoryview(b"")
 
 
 def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data: memoryview | bytes) -> bytes:
@@ -153,44 +156,6 @@ class Progress:
         os.replace(tmp, self.path)
 
 
-class BackgroundFlush:
-    """Pushes a file's written pages to disk on a helper thread while more is being written.
-
-    A shard is fsynced before it is renamed into place; left to the end, that fsync waits for the whole
-    shard to reach the disk (seconds per GB on ordinary disks) while nothing else runs. Flushing every
-    ``every`` bytes in the background overlaps the disk with the merging, so the final fsync only waits
-    for the tail."""
-
-    def __init__(self, every: int = 256 << 20):
-        self.every = every
-        self._pending = 0
-        self._thread: threading.Thread | None = None
-        self._error: list[OSError] = []
-
-    def wrote(self, fd: int, nbytes: int) -> None:
-        self._pending += nbytes
-        if self._pending < self.every or (self._thread is not None and self._thread.is_alive()):
-            return
-        self._pending = 0
-        self._thread = threading.Thread(target=self._flush, args=(fd,), name="hubmerge-flush", daemon=True)
-        self._thread.start()
-
-    def _flush(self, fd: int) -> None:
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:  # reported by wait(); the final fsync would meet the same error
-            self._error.append(exc)
-
-    def wait(self) -> None:
-        """Before the file is fsynced or closed: the flush in flight must not outlive its descriptor."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._pending = 0
-        if self._error:
-            raise OutputError(f"writing the output to disk failed: {self._error.pop()}")
-
-
 class ShardWriter:
     """Writes tensors, in layout order, into the shard files of ``folder``."""
 
@@ -202,7 +167,6 @@ class ShardWriter:
         self._file = None
         self._current: int | None = None
         self._remaining: list[str] = []
-        self._flush = BackgroundFlush()
 
     def shard_done(self, shard: Shard) -> bool:
         return shard.filename in self.progress.shards
@@ -216,11 +180,11 @@ class ShardWriter:
         entry = next(e for e in shard.entries if e.name == name)
         if tuple(tensor.shape) != entry.shape:
             raise OutputError(f"tensor '{name}': merged shape {list(tensor.shape)} differs from planned {list(entry.shape)}")
-        data = tensor_bytes(tensor)
-        if len(data) != entry.nbytes:
-            raise OutputError(f"tensor '{name}': {len(data)} bytes, planned {entry.nbytes}")
-        self._file.write(data)
-        self._flush.wrote(self._file.fileno(), len(data))
+        raw = raw_bytes(tensor)
+        if raw.numel() != entry.nbytes:
+            raise OutputError(f"tensor '{name}': {raw.numel()} bytes, planned {entry.nbytes}")
+        self._file.write(raw)
+        data = memoryview(raw.numpy()) if raw.numel() else memoryview(b"")
         self.progress.digests[name] = tensor_digest(name, entry.dtype, entry.shape, data).hex()
         self._remaining.pop(0)
         if not self._remaining:
@@ -230,17 +194,14 @@ class ShardWriter:
         if self._file is not None:
             raise OutputError(f"internal error: {self.shards[self._current].filename} left incomplete")
         path = self.folder / (shard.filename + ".partial")
-        self._file = open(path, "wb", buffering=1 << 20)
-        self._file.write(shard.header())
+        self._file = open_shard_file(path)
+        self._file.write(torch.frombuffer(bytearray(shard.header()), dtype=torch.uint8))
         self._current = index
         self._remaining = [e.name for e in shard.entries]
 
     def _finish(self, shard: Shard) -> None:
-        self._file.flush()
-        self._flush.wait()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        file.finish()
         self._current = None
         os.replace(self.folder / (shard.filename + ".partial"), self.folder / shard.filename)
         self.progress.shards[shard.filename] = True
@@ -252,9 +213,5 @@ class ShardWriter:
 
     def abort(self) -> None:
         if self._file is not None:
-            try:
-                self._flush.wait()
-            except OutputError:
-                pass  # the merge is failing already; its own error is the one to report
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            file.abort()

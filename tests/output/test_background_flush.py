@@ -6,7 +6,7 @@ import os
 import pytest
 
 from hubmerge.errors import OutputError
-from hubmerge.output.shards import BackgroundFlush
+from hubmerge.output.shard_file import BackgroundFlush
 
 
 def test_flushes_in_the_background_and_keeps_every_byte(tmp_path):
