@@ -9,6 +9,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -86,16 +87,22 @@ class RemoteFile:
 class Hub:
     def __init__(self, endpoint: str | None = None, token: str | None | bool = None, *, use_cache: bool = True,
                  download: bool = False, retry_backoff: float = 0.5):
-        from huggingface_hub import HfApi, get_token
+        from huggingface_hub import get_token
 
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
         self.token = get_token() if token is None else (token or None)
-        self.api = HfApi(endpoint=self.endpoint, token=self.token or False)
         self.use_cache = use_cache
         self.download = download
         self.retry_backoff = retry_backoff  # first wait of ranged-read retries (doubles each time)
         self.session = requests.Session()
         self.resolved: dict[ModelRef, str] = {}
+
+    @cached_property
+    def api(self):
+        """The ``HfApi`` client, made on first use: a merge of local models never needs it (nor its imports)."""
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self.token or False)
 
     # -- auth headers, never logged -------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
