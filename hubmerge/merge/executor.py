@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hubmerge.errors import HubmergeError, MergeError
+from hubmerge.merge.methods._chunks import spread_spans
 from hubmerge.merge.methods.registry import ReleasableInputs
 from hubmerge.merge.plan import MergePlan, PlannedTensor
 from hubmerge.sources.readers import POOL
@@ -109,11 +110,15 @@ class StreamingExecutor:
         self.prefetch_bytes = prefetch_bytes
         self.read_threads = read_threads
         self.show_progress = show_progress
-        # Unless the method is compute-bound, one core is left to reading, writing and hashing, which run
-        # beside the math: torch's threads spin-wait, and for a linear merge on 2 cores a second math thread
-        # only adds ~40% CPU time. A DARE merge on 2 cores gets 25% faster with both.
+        # Compute-bound methods (selection, sampling) get torch's threads on every core: a DARE merge on 2
+        # cores is 25% faster with both. The others are elementwise and share the cores with reading, writing
+        # and hashing: torch splits each operation over its threads and waits for the slowest, so with a core
+        # busy with I/O a second torch thread only adds spin time (~40% more CPU for a linear merge). They run
+        # on one torch thread, and their chunk loops spread over every core instead, a span at a time
+        # (``spread_spans``): a busy core simply takes fewer spans.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-        self.math_threads = math_threads or (cores if plan.method.compute_bound else max(1, cores - 1))
+        self.math_threads = math_threads or (cores if plan.method.compute_bound else 1)
+        self.span_workers = 1 if plan.method.compute_bound else cores
 
     def _read(self, item: PlannedTensor) -> _Loaded:
         models = self.plan.models
@@ -170,7 +175,8 @@ class StreamingExecutor:
                     item, future = pending.popleft()
                     loaded = future.result()
                     inflight -= sum(i.info.nbytes for i in item.inputs)
-                    result = merge_tensor(self.plan, item, loaded, self.device)
+                    with spread_spans(self.span_workers):
+                        result = merge_tensor(self.plan, item, loaded, self.device)
                     _recycle(loaded, result)
                     del loaded
                     if stop.is_set():

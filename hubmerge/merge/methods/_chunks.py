@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -16,3 +19,71 @@ def chunk_length(n: int, size: int, device: torch.device) -> int:
 def spans(n: int, size: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` of consecutive steps of ``size`` covering ``range(n)``, the last one possibly shorter."""
     return ((start, min(start + size, n)) for start in range(0, n, size))
+
+
+# How many threads ``run_spans`` may use: 1 unless the caller (the executor) spreads the work, see
+# ``spread_spans``. Module state rather than an argument so that the pure kernels keep their signatures.
+_workers = 1
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+@contextmanager
+def spread_spans(workers: int) -> Iterator[None]:
+    """Within the block, ``run_spans`` on the CPU hands spans to ``workers`` threads (this one included).
+
+    The caller keeps torch's own threads at one meanwhile: torch splits every operation across its threads
+    and waits for the slowest, so a core busy with reading or writing stalls each operation; threads that
+    take whole spans as they go never wait for one another, a busy core just takes fewer spans."""
+    global _workers
+    saved, _workers = _workers, max(1, workers)
+    try:
+        yield
+    finally:
+        _workers = saved
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < count:
+            _pool = ThreadPoolExecutor(count, thread_name_prefix="hubmerge-math")
+        return _pool
+
+
+def run_spans(n: int, size: int, device: torch.device, body: Callable[[int, int, dict], None]) -> None:
+    """Call ``body(start, stop, scratch)`` for the spans of ``chunk_length(n, size, device)`` covering
+    ``range(n)``. The spans must be independent (each writes only its own part of the output). ``scratch`` is
+    a dict private to the calling thread, for buffers reused from span to span."""
+    todo = list(spans(n, chunk_length(n, size, device)))
+    workers = min(_workers, len(todo)) if device.type == "cpu" else 1
+    if workers <= 1:
+        scratch: dict = {}
+        for start, stop in todo:
+            body(start, stop, scratch)
+        return
+    queue = iter(todo)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def work() -> None:
+        scratch: dict = {}
+        while not failed.is_set():
+            with lock:
+                span = next(queue, None)
+            if span is None:
+                return
+            try:
+                body(span[0], span[1], scratch)
+            except BaseException:
+                failed.set()  # the others stop at their next span
+                raise
+
+    helpers = [_helpers(workers - 1).submit(work) for _ in range(workers - 1)]
+    try:
+        work()
+    finally:
+        errors = [f.exception() for f in helpers]  # waits: no helper may outlive the call
+    for error in errors:
+        if error is not None:
+            raise error

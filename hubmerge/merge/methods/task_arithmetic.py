@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from hubmerge.merge.methods import sparsify as sp
-from hubmerge.merge.methods._chunks import chunk_length, spans
+from hubmerge.merge.methods._chunks import chunk_length, run_spans
 from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, register, release
 
 Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (delta, model index) -> delta, in place
@@ -101,10 +101,11 @@ def generalized_task_arithmetic(
     if sparsify is None:
         # Elementwise from end to end: each chunk's deltas are made in a small reused buffer, never whole.
         flat_others = [other.reshape(-1) for other in others]
-        buffer = base.new_empty((count, min(step, n)))
 
-        def chunk_deltas(start: int, stop: int) -> torch.Tensor:
-            chunk = buffer[:, : stop - start]
+        def chunk_deltas(start: int, stop: int, scratch: dict) -> torch.Tensor:
+            if "deltas" not in scratch:
+                scratch["deltas"] = base.new_empty((count, min(step, n)))
+            chunk = scratch["deltas"][:, : stop - start]
             for i, other in enumerate(flat_others):
                 torch.sub(other[start:stop], flat_base[start:stop], out=chunk[i])
             return chunk.mul_(w)
@@ -117,20 +118,20 @@ def generalized_task_arithmetic(
             sparsify(deltas[i], i)
         flat = deltas.view(count, -1).mul_(w)
 
-        def chunk_deltas(start: int, stop: int) -> torch.Tensor:
+        def chunk_deltas(start: int, stop: int, scratch: dict) -> torch.Tensor:
             return flat[:, start:stop]
 
-    return _combine(chunk_deltas, w, flat_base, step, consensus=consensus, normalize=normalize,
-                    lam=lam).view(base.shape)
+    return _combine(chunk_deltas, w, flat_base, consensus=consensus, normalize=normalize, lam=lam).view(base.shape)
 
 
 _CHUNK = 1 << 18  # positions per step on the CPU: the per-model slices and temporaries stay in cache
 
 
-def _combine(chunk_deltas: Callable[[int, int], torch.Tensor], w: torch.Tensor, flat_base: torch.Tensor,
-             step: int, *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
+def _combine(chunk_deltas: Callable[[int, int, dict], torch.Tensor], w: torch.Tensor, flat_base: torch.Tensor,
+             *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
     """Sign election, sum, division and ``base + lambda * D`` from weighted deltas ``[models, positions]``,
-    ``chunk_deltas(start, stop)`` giving the columns ``start:stop`` (ours to modify).
+    ``chunk_deltas(start, stop, scratch)`` giving the columns ``start:stop`` (ours to modify; ``scratch`` is the
+    calling thread's, see ``run_spans``).
 
     Every step works per position across the models, so it runs in chunks of positions: the same operations on
     every element (bit-identical to one whole-tensor pass), while the temporaries (signs, masks, sums) are a
@@ -140,21 +141,24 @@ def _combine(chunk_deltas: Callable[[int, int], torch.Tensor], w: torch.Tensor, 
     if not consensus:
         divisor = w.sum(dim=0)
         divisor.masked_fill_(divisor.abs() < 1e-8, 1)
-    for start, stop in spans(n, step):
-        chunk = chunk_deltas(start, stop)
+
+    def combine(start: int, stop: int, scratch: dict) -> None:
+        chunk = chunk_deltas(start, stop, scratch)
         if consensus:
             mask = sign_consensus(chunk)
             merged = sum_over_models(chunk.mul_(mask))
-            divisor = sum_over_models(mask.mul_(w))
+            agreeing = sum_over_models(mask.mul_(w))
             del mask
-            divisor.masked_fill_(divisor == 0, 1)
+            agreeing.masked_fill_(agreeing == 0, 1)
         else:
             merged = sum_over_models(chunk)
         if normalize:
-            merged /= divisor
+            merged /= agreeing if consensus else divisor
         if lam != 1:
             merged *= lam
         torch.add(merged, flat_base[start:stop], out=out[start:stop])
+
+    run_spans(n, _CHUNK, flat_base.device, combine)
     return out
 
 
