@@ -57,6 +57,7 @@ def test_random_small_cases_match_torch_sort(always_replay, dtype):
 def test_large_tensor_with_heavy_ties(dtype, chunk, monkeypatch):
     if chunk is not None:  # index arrays and swaps done in many chunks (an odd size: ragged last chunks)
         monkeypatch.setattr(_introsort, "_CHUNK", chunk)
+        monkeypatch.setattr(_introsort, "_SWAP_CHUNK", chunk // 3)
     replays = []
     real_replay = _introsort._replay
 

@@ -56,20 +56,42 @@ def sorted_range_mask(tensor: torch.Tensor, start: int, stop: int, *, descending
         return _mask_by_sort(tensor, start, stop, descending)
     bounds = [b for b in (start, stop) if 0 < b < n]
     selected = _select(keys, bounds)
-    before = {b: keys < selected[b][0] for b in bounds}  # elements strictly before the boundary's key
     straddled = [b for b in bounds if selected[b][1] < b]  # some equal keys lie before b, some after
     if straddled:
+        # The elements strictly before each boundary's key, kept a bit per element through the replay (its
+        # costliest part), then the tied elements that the replay puts before the boundary.
+        packed = {b: _packed_less(keys, selected[b][0]) for b in bounds}
         try:
             ties = _replay(keys, straddled, {b: selected[b][0] for b in straddled})
         except _NeedRealSort:
             return _mask_by_sort(tensor, start, stop, descending)
+        before = {b: _unpacked(packed.pop(b), n, device) for b in bounds}
         for b, found in ties.items():
             if found:
                 before[b][torch.cat(found).long()] = True
+    else:
+        before = {b: keys < selected[b][0] for b in bounds}
     keep = before[stop] if stop < n else torch.ones(n, dtype=torch.bool, device=device)
     if start > 0:
         keep &= ~before[start]
     return keep
+
+
+def _packed_less(keys: torch.Tensor, value: int) -> np.ndarray | torch.Tensor:
+    """``keys < value`` packed 8 flags a byte, computed a chunk at a time (a plain mask off the CPU)."""
+    if keys.device.type != "cpu":
+        return keys < value
+    step = max(8, _CHUNK // 8 * 8)
+    out = np.empty((keys.numel() + 7) // 8, dtype=np.uint8)
+    for a, b in spans(keys.numel(), step):
+        out[a // 8:(b + 7) // 8] = np.packbits((keys[a:b] < value).numpy())
+    return out
+
+
+def _unpacked(packed: np.ndarray | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    if isinstance(packed, torch.Tensor):
+        return packed
+    return torch.from_numpy(np.unpackbits(packed, count=n)).view(torch.bool).to(device)
 
 
 def _keys(tensor: torch.Tensor, descending: bool) -> torch.Tensor | None:
@@ -127,6 +149,7 @@ def _select(keys: torch.Tensor, ranks: list[int]) -> dict[int, tuple[int, int]]:
 
 
 _CHUNK = 1 << 22  # elements per step where a whole-range temporary would be large
+_SWAP_CHUNK = 1 << 20  # pairs swapped per step: each step makes ~ten temporaries of this many elements
 
 
 def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -174,33 +197,86 @@ def _split(key: torch.Tensor, pivot: int) -> tuple[int, torch.Tensor, torch.Tens
     [1 + #less, #less-or-equal].
     """
     size = key.numel()
-    ge = key >= pivot
-    ge[0] = False  # the pivot itself is not scanned from the left
-    le = key <= pivot
-    x0, x1 = size - _count(ge), _count(le)
+    # The left stops are the keys >= pivot (the pivot itself, at 0, is not scanned), the right stops the keys
+    # <= pivot. Counted and listed a chunk at a time from the keys: no full-size masks.
+    ge_before = _counter(key, torch.ge, pivot, exclude_first=True)
+    le_from = _counter(key, torch.le, pivot)
+    x0, x1 = size - ge_before(size), le_from(0)
     cut = x0
     if x1 > x0:
         # With every key either >= or <= the pivot, #(left stops in [x0, x0+j)) + #(right stops in there) is j
         # plus the number of keys equal to the pivot in there; find the largest j with A(x0+j) <= B(x0+j).
-        budget = _count(le[x0:]) - _count(ge[:x0])
-        equal = _flatnonzero(key[x0:x1] == pivot).to(key.device)
-        count = torch.arange(equal.numel() + 1, device=key.device)
-        upper = torch.cat([equal, equal.new_tensor([x1 - x0])])
-        lower = torch.cat([equal.new_zeros(1), equal + 1])
-        best = torch.minimum(upper, budget - count)
-        best = best[best >= lower]
-        if not best.numel():
+        # The candidates lie between consecutive keys equal to the pivot; there can be millions (heavy ties),
+        # so they are scanned a chunk at a time.
+        budget = le_from(x0) - ge_before(x0)
+        equal = _where(key, torch.eq, pivot, x0, x1, offset=0)
+        m, device, best = equal.numel(), key.device, -1
+        for a, b in spans(m + 1, _CHUNK):
+            count = torch.arange(a, b, device=device)
+            upper = equal[a:min(b, m)].long()
+            lower = equal[max(a - 1, 0):b - 1].long() + 1
+            if b == m + 1:
+                upper = torch.cat([upper, upper.new_tensor([x1 - x0])])
+            if a == 0:
+                lower = torch.cat([lower.new_zeros(1), lower])
+            fits = torch.minimum(upper, budget - count)
+            fits = fits[fits >= lower]
+            if fits.numel():
+                best = max(best, int(fits.max()))
+        if best < 0:
             raise _NeedRealSort
-        cut = x0 + int(best.max())
-    left = _flatnonzero(ge[:cut])
-    del ge  # one full-size mask less while the other one is read
-    right = _flatnonzero(le[cut:])
-    del le
+        cut = x0 + best
+    left = _where(key, torch.ge, pivot, 1, cut, offset=1)
+    right = _where(key, torch.le, pivot, cut, size, offset=0)
     if right.numel() == left.numel() + 1:  # the key at ``cut`` equals the pivot and stays where it is
         right = right[1:]
     elif right.numel() != left.numel():
         raise _NeedRealSort
     return cut, left.to(key.device), right.to(key.device)
+
+
+def _counter(key: torch.Tensor, compare, pivot: int, *, exclude_first: bool = False):
+    """``count(a, b)``-style helper: a function of x giving #(compare(key, pivot)) over ``key[:x]`` (for ``ge``,
+    ``exclude_first`` leaves position 0 out) or over ``key[x:]`` (for ``le``), from per-chunk counts."""
+    size = key.numel()
+    bounds = list(spans(size, _CHUNK))
+    counts = [int(compare(key[a:b], pivot).count_nonzero()) for a, b in bounds]
+    first = 1 if exclude_first and size and compare(key[:1], pivot).item() else 0
+    total = sum(counts)
+
+    def prefix(x: int) -> int:  # how many in key[:x]
+        done = 0
+        for (a, b), c in zip(bounds, counts):
+            if b <= x:
+                done += c
+            else:
+                if a < x:
+                    done += int(compare(key[a:x], pivot).count_nonzero())
+                break
+        return done
+
+    if exclude_first:
+        return lambda x: prefix(x) - (first if x > 0 else 0)
+    return lambda x: total - prefix(x)
+
+
+def _where(key: torch.Tensor, compare, pivot: int, start: int, stop: int, *, offset: int) -> torch.Tensor:
+    """``offset`` + the indices i with ``compare(key[start + i], pivot)``, i in ``[0, stop - start)``, ascending.
+
+    On the CPU a chunk at a time into one int32 array (int64 past 2^31): counted first, then filled, so neither
+    a full-size mask nor a second copy of the indices ever exists."""
+    if key.device.type != "cpu":
+        return compare(key[start:stop], pivot).nonzero().view(-1).add_(offset)
+    chunks = list(spans(stop - start, _CHUNK))
+    counts = [int(compare(key[start + a:start + b], pivot).count_nonzero()) for a, b in chunks]
+    out = np.empty(sum(counts), dtype=np.int32 if stop + offset < 2**31 else np.int64)
+    filled = 0
+    for (a, b), c in zip(chunks, counts):
+        if c:
+            hits = np.flatnonzero(compare(key[start + a:start + b], pivot).numpy())
+            np.add(hits, a + offset, out=out[filled:filled + c], casting="unsafe")
+            filled += c
+    return torch.from_numpy(out)
 
 
 def _replay(
@@ -213,16 +289,20 @@ def _replay(
     """
     n = keys.numel()
     device = keys.device
-    positions = torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.int64, device=device)
+    index_dtype = torch.int32 if n < 2**31 else torch.int64
     ties: dict[int, list[torch.Tensor]] = {b: [] for b in bounds}
     if depth is None:
         depth = 2 * (n.bit_length() - 1)
-    # (offset of the range, its keys, their original indices, remaining depth, boundaries inside)
-    stack = [(0, keys, positions, depth, list(bounds))]
+    # (offset of the range, its keys, their original indices, remaining depth, boundaries inside). The first
+    # range's original indices are its positions, so they are not stored (``None``): the full-size index
+    # array would be the largest temporary of the replay, and the first split only follows one side.
+    stack: list[tuple[int, torch.Tensor, torch.Tensor | None, int, list[int]]] = [(0, keys, None, depth, list(bounds))]
     while stack:
         lo, key, pos, depth, inside = stack.pop()
         size = key.numel()
         if size <= _INSERTION_THRESHOLD:  # the final insertion sort is stable within the range
+            if pos is None:
+                pos = torch.arange(lo, lo + size, dtype=index_dtype, device=device)
             order = torch.sort(key, stable=True).indices
             sorted_key, sorted_pos = key[order], pos[order]
             for b in inside:
@@ -234,33 +314,56 @@ def _replay(
         depth -= 1
         j, pivot = _median_of_three(key)
         key[[0, j]] = key[[j, 0]]
-        pos[[0, j]] = pos[[j, 0]]
+        if pos is not None:
+            pos[[0, j]] = pos[[j, 0]]
+
+        def original(local: torch.Tensor) -> torch.Tensor:
+            """Original indices of the range's elements at ``local`` positions, as they are after the pivot swap."""
+            if pos is not None:
+                return pos[local]
+            out = local.to(index_dtype) + lo
+            out[local == 0], out[local == j] = lo + j, lo
+            return out
+
         cut, left, right = _split(key, pivot)
 
         go_left = [b for b in inside if b < lo + cut]
         go_right = [b for b in inside if b > lo + cut]
         record = [b for b in inside if b >= lo + cut and values[b] == pivot]
-        key_r, pos_r = key[cut:], pos[cut:]
+        key_r = key[cut:]
+        if pos is not None:
+            pos_l, pos_r = pos[:cut], pos[cut:]
+        else:  # only the sides followed get their index arrays, made here: positions, but for the pivot swap
+            pos_l = pos_r = None
+            if go_left:
+                pos_l = torch.arange(lo, lo + cut, dtype=index_dtype, device=device)
+                pos_l[0] = lo + j
+                if j < cut:
+                    pos_l[j] = lo
+            if go_right:
+                pos_r = torch.arange(lo + cut, lo + size, dtype=index_dtype, device=device)
+                if j >= cut:
+                    pos_r[j - cut] = lo
         for b in record:  # the left range is entirely before b: its elements equal to b's key are ties
-            ties[b].append(pos[:1].clone())
+            ties[b].append(original(torch.zeros(1, dtype=torch.long, device=device)))
         # The i-th left stop swaps with the i-th right stop from the end. The pairs are disjoint, so they are
         # swapped a chunk of pairs at a time (temporaries a chunk in size, not a quarter of the tensor).
         pairs = left.numel()
-        for a, b in spans(pairs, _CHUNK):
+        for a, b in spans(pairs, _SWAP_CHUNK):
             to_left, to_right = left[a:b], right[pairs - b:pairs - a].flip(0)
             if go_left or record:  # what the left range receives
-                in_key, in_pos = key_r[to_right], pos_r[to_right]
+                in_key, in_pos = key_r[to_right], original(to_right + cut)
             if go_right:
-                out_key, out_pos = key[to_left], pos[to_left]
+                out_key, out_pos = key[to_left], original(to_left)
             for bound in record:
                 ties[bound].append(in_pos[in_key == pivot])
             if go_left:
-                key[to_left], pos[to_left] = in_key, in_pos
+                key[to_left], pos_l[to_left] = in_key, in_pos
             if go_right:
                 key_r[to_right], pos_r[to_right] = out_key, out_pos
         del left, right
         if go_left:
-            stack.append((lo, key[:cut], pos[:cut], depth, go_left))
+            stack.append((lo, key[:cut], pos_l, depth, go_left))
         if go_right:
             stack.append((lo + cut, key_r, pos_r, depth, go_right))
     return ties
