@@ -66,7 +66,7 @@ class DirectShardFile:
     I/O thread, which writes it at its offset while the next one fills. The last, partial block is
     written padded to the alignment and the file is then truncated to its true length."""
 
-    def __init__(self, path: Path, fd: int, *, buffer_bytes: int = 8 << 20, buffers: int = 4):
+    def __init__(self, path: Path, fd: int, *, buffer_bytes: int = 4 << 20, buffers: int = 4):
         if buffer_bytes % _ALIGN:
             raise ValueError("buffer_bytes must be a multiple of the direct I/O alignment")
         self.path = path
