@@ -29,6 +29,9 @@ from hubmerge.sources.safetensors_format import DTYPES
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
+# A compute-bound method spends seconds on a large tensor that takes milliseconds to read: reading far ahead
+# buys nothing there, and what is read ahead sits in memory through the method's own peak.
+COMPUTE_BOUND_PREFETCH_BYTES = 32 * 1024 * 1024
 
 
 def pick_device(name: str) -> torch.device:
@@ -103,10 +106,12 @@ def _recycle(loaded: _Loaded, result: torch.Tensor) -> None:
 class StreamingExecutor:
     """Reads ahead (bounded by bytes), merges in order, hands results to ``sink`` on a writer thread."""
 
-    def __init__(self, plan: MergePlan, *, device: str = "cpu", prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+    def __init__(self, plan: MergePlan, *, device: str = "cpu", prefetch_bytes: int | None = None,
                  read_threads: int = 4, show_progress: bool = True, math_threads: int | None = None):
         self.plan = plan
         self.device = pick_device(device)
+        if prefetch_bytes is None:
+            prefetch_bytes = COMPUTE_BOUND_PREFETCH_BYTES if plan.method.compute_bound else DEFAULT_PREFETCH_BYTES
         self.prefetch_bytes = prefetch_bytes
         self.read_threads = read_threads
         self.show_progress = show_progress
