@@ -55,7 +55,8 @@ def _disk_error(path: Path, exc: OSError) -> OutputError:
                        hint="check the free space and the disk holding the output folder")
 
 
-def _as_bytes(data: torch.Tensor) -> memoryview:
+def as_memoryview(data: torch.Tensor) -> memoryview:
+    """The bytes of a flat uint8 CPU tensor, without copying."""
     return memoryview(data.numpy()) if data.numel() else memoryview(b"")
 
 
@@ -190,7 +191,7 @@ class BufferedShardFile:
         self._flush = BackgroundFlush()
 
     def write(self, data: torch.Tensor) -> None:
-        view = _as_bytes(data.reshape(-1))
+        view = as_memoryview(data.reshape(-1))
         try:
             self._file.write(view)
         except OSError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from hubmerge.errors import OutputError
-from hubmerge.output.shard_file import open_shard_file
+from hubmerge.output.shard_file import as_memoryview, open_shard_file
 from hubmerge.sources.safetensors_format import ITEM_SIZES, build_header
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,7 @@ def raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a CPU tensor, without copying when it is contiguous."""
-    raw = raw_bytes(tensor)
-    return memoryview(raw.numpy()) if raw.numel() else memoryview(b"")
+    return as_memoryview(raw_bytes(tensor))
 
 
 def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data: memoryview | bytes) -> bytes:
@@ -184,7 +183,7 @@ class ShardWriter:
         if raw.numel() != entry.nbytes:
             raise OutputError(f"tensor '{name}': {raw.numel()} bytes, planned {entry.nbytes}")
         self._file.write(raw)
-        data = memoryview(raw.numpy()) if raw.numel() else memoryview(b"")
+        data = as_memoryview(raw)
         self.progress.digests[name] = tensor_digest(name, entry.dtype, entry.shape, data).hex()
         self._remaining.pop(0)
         if not self._remaining:

@@ -152,27 +152,6 @@ _CHUNK = 1 << 22  # elements per step where a whole-range temporary would be lar
 _SWAP_CHUNK = 1 << 20  # pairs swapped per step: each step makes ~ten temporaries of this many elements
 
 
-def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
-    """Indices of the True entries, int32 where they fit: at the top levels of a replay these index arrays
-    cover a quarter of a tensor of tens of millions of elements each, so their width matters."""
-    if mask.device.type != "cpu":
-        return mask.nonzero().view(-1)
-    flags = mask.numpy()  # numpy's is ~10x faster than torch.nonzero on CPU
-    if flags.size <= _CHUNK or flags.size >= 2**31:
-        return torch.from_numpy(np.flatnonzero(flags))
-    out = np.empty(int(np.count_nonzero(flags)), dtype=np.int32)
-    filled = 0
-    for start, stop in spans(flags.size, _CHUNK):  # chunk by chunk: no full-size int64 array on the way
-        found = np.flatnonzero(flags[start:stop])
-        out[filled:filled + found.size] = found + start
-        filled += found.size
-    return torch.from_numpy(out)
-
-
-def _count(mask: torch.Tensor) -> int:
-    return int(mask.count_nonzero())
-
-
 def _median_of_three(key: torch.Tensor) -> tuple[int, int]:
     """libstdc++ __move_median_to_first(first, first + 1, mid, last - 1): (position moved to the front, its key)."""
     size = key.numel()
@@ -236,8 +215,9 @@ def _split(key: torch.Tensor, pivot: int) -> tuple[int, torch.Tensor, torch.Tens
 
 
 def _counter(key: torch.Tensor, compare, pivot: int, *, exclude_first: bool = False):
-    """``count(a, b)``-style helper: a function of x giving #(compare(key, pivot)) over ``key[:x]`` (for ``ge``,
-    ``exclude_first`` leaves position 0 out) or over ``key[x:]`` (for ``le``), from per-chunk counts."""
+    """A function of x counting ``compare(key, pivot)``: over ``key[:x]`` leaving position 0 out if
+    ``exclude_first`` (the left scan's stops), else over ``key[x:]`` (the right scan's). Per-chunk counts are
+    taken once; a query only recounts the chunk that x falls in."""
     size = key.numel()
     bounds = list(spans(size, _CHUNK))
     counts = [int(compare(key[a:b], pivot).count_nonzero()) for a, b in bounds]
