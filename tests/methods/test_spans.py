@@ -24,7 +24,7 @@ def _inputs(count: int, n: int, seed: int, dtype=torch.bfloat16) -> list[torch.T
 
 
 @pytest.mark.parametrize("workers", [1, 2, 5])
-def test_every_span_once_and_scratch_private_to_a_thread(workers):
+def test_every_span_once_and_scratch_made_once_per_thread(workers):
     seen: list[tuple[int, int]] = []
     owners: dict[int, int] = {}
     lock = threading.Lock()
@@ -37,7 +37,7 @@ def test_every_span_once_and_scratch_private_to_a_thread(workers):
         assert scratch["thread"] == threading.get_ident()
 
     with spread_spans(workers):
-        run_spans(1000, 64, CPU, body)
+        run_spans(1000, 64, CPU, body, dict)
     assert sorted(seen) == [(s, min(s + 64, 1000)) for s in range(0, 1000, 64)]
     assert len(owners) <= workers and len(set(owners.values())) == len(owners)
     assert _chunks._workers == 1  # restored on leaving the block

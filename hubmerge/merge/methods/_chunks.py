@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -51,30 +52,31 @@ def _helpers(count: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run_spans(n: int, size: int, device: torch.device, body: Callable[[int, int, dict], None]) -> None:
-    """Call ``body(start, stop, scratch)`` for the spans of ``chunk_length(n, size, device)`` covering
-    ``range(n)``. The spans must be independent (each writes only its own part of the output). ``scratch`` is
-    a dict private to the calling thread, for buffers reused from span to span."""
+def run_spans(n: int, size: int, device: torch.device, body: Callable[[int, int, Any], None],
+              scratch: Callable[[], Any] = lambda: None) -> None:
+    """Call ``body(start, stop, buffers)`` for the spans of ``chunk_length(n, size, device)`` covering
+    ``range(n)``. The spans must be independent (each writes only its own part of the output). ``buffers`` is
+    what ``scratch()`` made for the calling thread (once per thread), reused from span to span."""
     todo = list(spans(n, chunk_length(n, size, device)))
     workers = min(_workers, len(todo)) if device.type == "cpu" else 1
     if workers <= 1:
-        scratch: dict = {}
+        buffers = scratch() if todo else None
         for start, stop in todo:
-            body(start, stop, scratch)
+            body(start, stop, buffers)
         return
     queue = iter(todo)
     lock = threading.Lock()
     failed = threading.Event()
 
     def work() -> None:
-        scratch: dict = {}
+        buffers = scratch()
         while not failed.is_set():
             with lock:
                 span = next(queue, None)
             if span is None:
                 return
             try:
-                body(span[0], span[1], scratch)
+                body(span[0], span[1], buffers)
             except BaseException:
                 failed.set()  # the others stop at their next span
                 raise

@@ -38,11 +38,11 @@ def linear(
     # ~40 to ~8 bytes per element.
     length = min(chunk_length(first.numel(), _CHUNK, first.device), first.numel())
 
-    def chunk(start: int, end: int, scratch: dict) -> None:
-        if "acc" not in scratch:
-            scratch["acc"] = torch.empty(length, dtype=dtype, device=first.device)
-            scratch["widened"] = torch.empty_like(scratch["acc"])
-        a, w = scratch["acc"][: end - start], scratch["widened"][: end - start]
+    def buffers() -> tuple[torch.Tensor, torch.Tensor]:  # the accumulator and the widened input
+        return tuple(torch.empty(length, dtype=dtype, device=first.device) for _ in range(2))
+
+    def chunk(start: int, end: int, scratch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        a, w = (buffer[: end - start] for buffer in scratch)
         a.zero_()
         for tensor, coefficient in zip(flat_inputs, per_input):
             w.copy_(tensor[start:end])
@@ -51,7 +51,7 @@ def linear(
             a.div_(total)
         out[start:end].copy_(a)
 
-    run_spans(first.numel(), _CHUNK, first.device, chunk)
+    run_spans(first.numel(), _CHUNK, first.device, chunk, buffers)
     return out.reshape(first.shape)
 
 

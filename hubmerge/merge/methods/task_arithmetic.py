@@ -102,10 +102,11 @@ def generalized_task_arithmetic(
         # Elementwise from end to end: each chunk's deltas are made in a small reused buffer, never whole.
         flat_others = [other.reshape(-1) for other in others]
 
-        def chunk_deltas(start: int, stop: int, scratch: dict) -> torch.Tensor:
-            if "deltas" not in scratch:
-                scratch["deltas"] = base.new_empty((count, min(step, n)))
-            chunk = scratch["deltas"][:, : stop - start]
+        def buffer() -> torch.Tensor:
+            return base.new_empty((count, min(step, n)))
+
+        def chunk_deltas(start: int, stop: int, scratch: torch.Tensor) -> torch.Tensor:
+            chunk = scratch[:, : stop - start]
             for i, other in enumerate(flat_others):
                 torch.sub(other[start:stop], flat_base[start:stop], out=chunk[i])
             return chunk.mul_(w)
@@ -118,20 +119,24 @@ def generalized_task_arithmetic(
             sparsify(deltas[i], i)
         flat = deltas.view(count, -1).mul_(w)
 
-        def chunk_deltas(start: int, stop: int, scratch: dict) -> torch.Tensor:
+        def buffer() -> None:
+            return None
+
+        def chunk_deltas(start: int, stop: int, scratch: None) -> torch.Tensor:
             return flat[:, start:stop]
 
-    return _combine(chunk_deltas, w, flat_base, consensus=consensus, normalize=normalize, lam=lam).view(base.shape)
+    return _combine(chunk_deltas, buffer, w, flat_base, consensus=consensus, normalize=normalize,
+                    lam=lam).view(base.shape)
 
 
 _CHUNK = 1 << 18  # positions per step on the CPU: the per-model slices and temporaries stay in cache
 
 
-def _combine(chunk_deltas: Callable[[int, int, dict], torch.Tensor], w: torch.Tensor, flat_base: torch.Tensor,
-             *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
+def _combine(chunk_deltas: Callable[[int, int, Any], torch.Tensor], scratch: Callable[[], Any], w: torch.Tensor,
+             flat_base: torch.Tensor, *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
     """Sign election, sum, division and ``base + lambda * D`` from weighted deltas ``[models, positions]``,
-    ``chunk_deltas(start, stop, scratch)`` giving the columns ``start:stop`` (ours to modify; ``scratch`` is the
-    calling thread's, see ``run_spans``).
+    ``chunk_deltas(start, stop, buffers)`` giving the columns ``start:stop`` (ours to modify; ``buffers`` is what
+    ``scratch()`` made for the calling thread, see ``run_spans``).
 
     Every step works per position across the models, so it runs in chunks of positions: the same operations on
     every element (bit-identical to one whole-tensor pass), while the temporaries (signs, masks, sums) are a
@@ -142,8 +147,8 @@ def _combine(chunk_deltas: Callable[[int, int, dict], torch.Tensor], w: torch.Te
         divisor = w.sum(dim=0)
         divisor.masked_fill_(divisor.abs() < 1e-8, 1)
 
-    def combine(start: int, stop: int, scratch: dict) -> None:
-        chunk = chunk_deltas(start, stop, scratch)
+    def combine(start: int, stop: int, buffers: Any) -> None:
+        chunk = chunk_deltas(start, stop, buffers)
         if consensus:
             mask = sign_consensus(chunk)
             merged = sum_over_models(chunk.mul_(mask))
@@ -158,7 +163,7 @@ def _combine(chunk_deltas: Callable[[int, int, dict], torch.Tensor], w: torch.Te
             merged *= lam
         torch.add(merged, flat_base[start:stop], out=out[start:stop])
 
-    run_spans(n, _CHUNK, flat_base.device, combine)
+    run_spans(n, _CHUNK, flat_base.device, combine, scratch)
     return out
 
 
