@@ -1512,6 +1512,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in separate writes; with Nagle's algorithm the body then waits for the
+        # client's delayed ACK (~40 ms a response). Real front ends set TCP_NODELAY too.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         hub: HubServer = self.server.hub  # type: ignore[attr-defined]
         with hub._lock:
             hub._connections.add(self.connection)
