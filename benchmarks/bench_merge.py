@@ -176,7 +176,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     print()
-    print(f"| method | hubmerge wall | mergekit wall | wall ratio | hubmerge peak RSS | mergekit peak RSS | RSS ratio | I/O bound | hubmerge / bound |")
+    print("| method | hubmerge wall | mergekit wall | wall ratio | hubmerge peak RSS | mergekit peak RSS | RSS ratio | I/O bound | hubmerge / bound |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(table_row(r))

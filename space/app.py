@@ -17,13 +17,13 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import gradio as gr  # noqa: E402
-
 import space_form as sf  # noqa: E402
 import space_hub as sh  # noqa: E402
 import space_oauth  # noqa: E402
+
 from hubmerge.errors import HubmergeError  # noqa: E402
-from hubmerge.hub.client import default_endpoint  # noqa: E402
-from hubmerge.output.card import split_front_matter  # noqa: E402
+from hubmerge.sources.hub_model import default_endpoint  # noqa: E402
+from hubmerge.spec.frontmatter import split_front_matter  # noqa: E402
 
 logger = logging.getLogger("hubmerge.space")
 

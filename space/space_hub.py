@@ -1,7 +1,7 @@
 """What the Space's buttons do, in terms of the hubmerge library, without Gradio.
 
-Thin on purpose: parsing is ``hubmerge.spec``, planning ``hubmerge.merge.run.plan_spec``'s pieces, pushing
-``hubmerge.hub.push.push``, freshness ``hubmerge.hub.watch.check/sync``. What is Space-specific lives here:
+Thin on purpose: parsing is ``hubmerge.spec``, planning ``hubmerge.pipeline.run.plan_spec``'s pieces, pushing
+``hubmerge.pipeline.push.push``, freshness ``hubmerge.hub.watch.check`` and ``hubmerge.pipeline.sync.sync``. What is Space-specific lives here:
 
 - the user's token (from OAuth) is the only credential: every call builds a ``Hub`` with it, or anonymous;
   the Space's own ``HF_TOKEN`` secret, if any, is never used to act for a user;
@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from hubmerge.errors import HubError, HubmergeError, SpecError
-from hubmerge.hub.client import Hub, default_endpoint, hub_errors
+from hubmerge.hub.client import Hub, hub_errors
+from hubmerge.hub.lineage import lineage_of
 from hubmerge.merge.plan import MergePlan, build_plan
-from hubmerge.merge.run import shard_layout
-from hubmerge.output.card import split_front_matter
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE
-from hubmerge.sources.model import ModelSource, open_model
+from hubmerge.pipeline.run import shard_layout
+from hubmerge.sources.hub_model import default_endpoint
+from hubmerge.sources.model import ModelSource
+from hubmerge.sources.open import open_model
 from hubmerge.spec import parse_spec
+from hubmerge.spec.frontmatter import split_front_matter
 from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.pin import map_model_refs
 
@@ -250,8 +253,8 @@ class Pushed:
 
 def merge_and_push(text: str, *, token: str, repo_name: str, private: bool,
                    show_progress: bool = True) -> Pushed:
-    from hubmerge.hub.push import push
-    from hubmerge.merge.run import plan_spec
+    from hubmerge.pipeline.push import push
+    from hubmerge.pipeline.run import plan_spec
 
     start = time.perf_counter()
     spec = load_recipe(text)
@@ -296,14 +299,9 @@ def lineage_picture(pushed: Pushed, token: str | None) -> str:
     subtitle = " · ".join(x for x in (str(recipe.get("merge_method") or ""), digest[7:19]) if x)
     graph = None
     try:
-        from hubmerge.output.lineage import lineage_of
-    except ImportError:
-        lineage_of = None
-    if lineage_of is not None:
-        try:
-            graph = sl.from_lineage(lineage_of(pushed.repo_id, hub=hub, depth=3), subtitle=subtitle)
-        except HubmergeError as exc:
-            logger.info("lineage walk: %s", redact(exc.message, token))
+        graph = sl.from_lineage(lineage_of(pushed.repo_id, hub=hub, depth=3), subtitle=subtitle)
+    except HubmergeError as exc:
+        logger.info("lineage walk: %s", redact(exc.message, token))
     if graph is None:
         graph = sl.lineage_graph(pushed.repo_id, meta, parent_card=parent_card_reader(hub))
     return sl.svg_img_tag(sl.render_svg(graph), alt=f"lineage of {pushed.repo_id}")
@@ -334,7 +332,8 @@ def check_target(target: str, *, token: str | None):
 
 def remerge(target: str, *, token: str, show_progress: bool = True):
     """(report, Pushed or None): re-merge and push one commit if a tracked parent moved."""
-    from hubmerge.hub.watch import check, sync
+    from hubmerge.hub.watch import check
+    from hubmerge.pipeline.sync import sync
 
     start = time.perf_counter()
     target = (target or "").strip()

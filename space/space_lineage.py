@@ -3,7 +3,7 @@
 No graphviz, no network, no JavaScript: a layered layout (ancestors on top, the merge at the bottom),
 boxes sized from their text, curved edges with arrowheads.
 
-The graph is hubmerge's own (``hubmerge.output.lineage``: the family tree read from cards, several hops
+The graph is hubmerge's own (``hubmerge.hub.lineage``: the family tree read from cards, several hops
 deep) when that module is there, converted by ``from_lineage``; otherwise ``lineage_graph`` builds a
 smaller one from the pushed card alone: its ``hubmerge.recipe`` names every parent pinned to a commit
 (and the branch it tracks), and each parent's own card may name its ``base_model`` (one more hop).

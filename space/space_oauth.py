@@ -87,7 +87,7 @@ def session_info(token: str, endpoint: str) -> dict:
 
 
 def _add_local_routes(app: fastapi.FastAPI) -> None:
-    from hubmerge.hub.client import default_endpoint
+    from hubmerge.sources.hub_model import default_endpoint
 
     @app.get("/login/huggingface")
     def oauth_login(request: fastapi.Request) -> RedirectResponse:

@@ -11,7 +11,6 @@ import os
 import re
 
 import pytest
-
 from hubserver import HubServer
 
 _repo_counter = itertools.count(1)

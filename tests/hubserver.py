@@ -3,7 +3,8 @@
 It speaks enough of the Hub's HTTP API for the *unmodified* ``huggingface_hub`` client (pointed at it
 with ``HF_ENDPOINT`` and run with ``HF_HUB_DISABLE_XET=1``) to create repos, upload through the legacy
 preupload -> LFS batch -> PUT -> NDJSON commit path, open and merge pull requests, and download with
-HEAD / GET / Range. The protocol details it follows are in /work/shared/notes/hub.md, section 4.
+HEAD / GET / Range. It follows the routes, headers and status codes huggingface_hub's client expects of the
+Hub (resolver redirects with X-Repo-Commit, Range replies, the preupload/LFS/commit sequence, parent checks).
 
 Layout:
   * data model: ``Repo`` / ``Commit`` / ``FileEntry`` / ``Discussion`` + a content-addressed blob store;

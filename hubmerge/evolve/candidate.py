@@ -18,10 +18,10 @@ from typing import Any, Mapping
 import torch
 
 from hubmerge.evolve.evaluate import ModelHolder, read_state_dict
-from hubmerge.merge.tokenizer.files import tokenizer_file_bytes
 from hubmerge.merge.executor import _Loaded, aligned, merge_tensor, pick_device
 from hubmerge.merge.plan import MergePlan, PlannedInput, build_plan, output_config
-from hubmerge.merge.run import MergeOptions, open_sources, run_merge
+from hubmerge.merge.tokenizer.files import tokenizer_file_bytes
+from hubmerge.pipeline.run import MergeOptions, open_sources, run_merge
 from hubmerge.spec.model import MergeSpec
 from hubmerge.spec.parse import spec_from_dict
 from hubmerge.spec.search import substitute

@@ -112,7 +112,8 @@ def load_model(target: str | Path | Any, *, hub: Any = None, base_dir: Path | No
                device: str = "cpu") -> ModelHolder:
     """A local model folder (a Path), a model reference, or a string naming either a folder or a Hub repo
     (``org/name[@rev]``), loaded for evaluation."""
-    from hubmerge.sources.model import open_local_model, open_model
+    from hubmerge.sources.model import open_local_model
+    from hubmerge.sources.open import open_model
     from hubmerge.spec.model import ModelRef
     from hubmerge.spec.parse import parse_ref
 

@@ -1,6 +1,6 @@
 """Evaluating a model on its own (``hubmerge eval``) and as a pre-push gate (``push --gate-eval``).
 
-The gate is a callable handed to ``hubmerge.hub.push.push``: push calls it with the finished merge folder
+The gate is a callable handed to ``hubmerge.pipeline.push.push``: push calls it with the finished merge folder
 before its one commit (with a gate, shards are kept until then instead of being pre-uploaded), and a gate
 that raises leaves the repo untouched. The perplexity gate refuses a merge whose metric is worse than
 ``max_ratio`` times the best of its parents' (for a metric to maximise: lower than the best divided by it).

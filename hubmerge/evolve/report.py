@@ -150,7 +150,8 @@ def add_to_card(folder: Path, markdown: str, metadata: dict[str, Any]) -> None:
     with the rest), and keys under its ``hubmerge:`` metadata."""
     import yaml
 
-    from hubmerge.output.card import END, split_front_matter
+    from hubmerge.output.card import END
+    from hubmerge.spec.frontmatter import split_front_matter
 
     path = folder / "README.md"
     meta, body = split_front_matter(path.read_text(encoding="utf-8"))
@@ -179,8 +180,8 @@ def write_outputs(result: SearchResult, out_dir: Path, *, device: str = "cpu", b
                   hub: Any = None, show_progress: bool = True):
     """Merge the best candidate into ``out_dir`` (atomically, like ``hubmerge merge``) with its card and the
     search's files. A folder left by an earlier evolve run is replaced; any other existing folder is refused."""
-    from hubmerge.merge.run import MergeOptions, run_merge
-    from hubmerge.output.card import write_card
+    from hubmerge.pipeline.card import write_card
+    from hubmerge.pipeline.run import MergeOptions, run_merge
 
     out_dir = Path(out_dir)
     decorate = decorator(result)
@@ -197,7 +198,7 @@ def write_outputs(result: SearchResult, out_dir: Path, *, device: str = "cpu", b
 def push_best(result: SearchResult, *, hub: Any, repo_id: str | None = None, device: str = "cpu",
               base_dir: Path | None = None, show_progress: bool = True, **push_kwargs):
     """Push the best merge like any other; its card records the search and carries its files."""
-    from hubmerge.hub.push import push
+    from hubmerge.pipeline.push import push
 
     message = (f"hubmerge evolve: best of {len(result.complete)} trials "
                f"({SAMPLER_NAMES.get(result.sampler, result.sampler)})")

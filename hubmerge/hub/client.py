@@ -6,7 +6,6 @@ through (``ModelCard.load``/``push_to_hub`` and ``metadata_update`` ignore the e
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,15 +15,10 @@ from typing import Iterator
 import requests
 
 from hubmerge.errors import HubError, SourceError
+from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.spec.model import ModelRef
 
 logger = logging.getLogger(__name__)
-
-
-def default_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
 
 
 @contextmanager
@@ -143,8 +137,8 @@ class Hub:
 
     def read_small_file(self, repo_id: str, sha: str, path: str, *, max_bytes: int = 50 * 1024 * 1024) -> bytes | None:
         """A config/tokenizer/README file, through the HF cache (pinned SHAs make cache hits free)."""
-        from huggingface_hub import hf_hub_download
         from huggingface_hub import errors as hf
+        from huggingface_hub import hf_hub_download
 
         try:
             with hub_errors(f"{repo_id}@{sha[:12]}/{path}"):
@@ -174,8 +168,9 @@ class Hub:
         with hub_errors(f"{repo_id}@{sha[:12]}/{path}"):
             return Path(hf_hub_download(repo_id, path, revision=sha, endpoint=self.endpoint, token=self.token or False))
 
-    # -- models -----------------------------------------------------------------------------
-    def open_model(self, ref: ModelRef, *, allow_pickle: bool = False):
-        from hubmerge.sources.hub_model import open_hub_model
-
-        return open_hub_model(self, ref, allow_pickle=allow_pickle)
+    def readme(self, repo_id: str, sha: str | None) -> str | None:
+        """A repo's README.md at a commit, as text; None without a commit (no repo yet) or without a README."""
+        if sha is None:
+            return None
+        data = self.read_small_file(repo_id, sha, "README.md")
+        return data.decode("utf-8", errors="replace") if data is not None else None

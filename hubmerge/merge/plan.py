@@ -19,8 +19,8 @@ from hubmerge.merge.layout import ModelLayout, analyse, input_embedding_name, is
 from hubmerge.merge.methods import MergeMethod
 from hubmerge.merge.tokenizer import planning as tokenization
 from hubmerge.sources.model import ModelSource
-from hubmerge.sources.safetensors_format import DTYPE_NAMES, ITEM_SIZES, DTYPES, TensorInfo
-from hubmerge.spec.model import MergeSpec, ModelRef, OutputSlice, Parameters, SliceSource
+from hubmerge.sources.safetensors_format import DTYPE_NAMES, DTYPES, ITEM_SIZES, TensorInfo
+from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SliceSource
 from hubmerge.spec.params import ParameterValueError, resolve
 from hubmerge.spec.search import require_concrete
 from hubmerge.spec.validate import method_for

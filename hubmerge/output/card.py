@@ -16,17 +16,26 @@ import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import Any, Protocol
 
 from hubmerge import __version__
 from hubmerge.errors import HubmergeError
-from hubmerge.merge.plan import MergePlan
+from hubmerge.output.lineage import Lineage
+from hubmerge.sources.hub_model import default_endpoint
+from hubmerge.sources.model import ModelSource
+from hubmerge.spec.cards import (
+    MERGEKIT_CONFIG,
+    CardInfo,
+    card_info,
+    find_recipe,
+    format_params,
+    format_setting,
+    recipe_parents,
+)
+from hubmerge.spec.frontmatter import front_matter, split_front_matter
+from hubmerge.spec.model import MergeSpec
+from hubmerge.spec.pin import pinned_document
 from hubmerge.spec.yamlio import dump_yaml
-
-if TYPE_CHECKING:
-    from hubmerge.output.lineage import CardInfo, Lineage
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,16 @@ BEGIN = "<!-- hubmerge:begin -->"
 END = "<!-- hubmerge:end -->"
 PROJECT_URL = "https://github.com/org/hubmerge"
 OTHER = "other"
+
+
+class MergePlan(Protocol):
+    """What the card reads of a merge plan (``hubmerge.merge.plan.MergePlan``)."""
+
+    spec: MergeSpec
+    method: Any  # the registered method: name, summary, paper, in_mergekit
+    models: list[ModelSource]
+    tensors: list[Any]  # planned output tensors (their .dtype)
+    config_source: int  # index of the model whose config the output takes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +101,6 @@ def _read_text(model, name: str) -> str | None:
 
 def parent_cards(plan: MergePlan) -> list[ParentCard]:
     """The card of every input model (read through the Hub facade or from the local folder), by name."""
-    from hubmerge.output.lineage import MERGEKIT_CONFIG, card_info, find_recipe
-
     out: dict[str, ParentCard] = {}
     for m in plan.models:
         if m.name in out:
@@ -139,8 +156,6 @@ def pinned_recipe_block(plan: MergePlan, digest: str | None, *, device: str = "c
     """The recipe with every Hub source pinned to its commit SHA, plus what is needed to verify it."""
     import safetensors
     import torch
-
-    from hubmerge.spec.pin import pinned_document
 
     pins = {m.name: m.revision for m in plan.models if m.is_hub and m.revision}
     pins.update({a.name: a.revision for a in _adapters(plan) if a.is_hub and a.revision})
@@ -226,12 +241,7 @@ def _link(name: str, revision: str | None, endpoint: str) -> str:
 
 
 def _method_line(plan: MergePlan) -> str:
-    from hubmerge.merge.methods import get_method
-
-    try:
-        method = get_method(plan.spec.merge_method)
-    except KeyError:
-        method = plan.method
+    method = plan.method
     text = f"**{method.name}**"
     if method.summary:
         text += f": {method.summary.rstrip('.')}."
@@ -242,19 +252,11 @@ def _method_line(plan: MergePlan) -> str:
 
 
 def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str = "cpu",
-                repo_id: str | None = None, hub: Any = None, endpoint: str | None = None,
-                parents: list[ParentCard] | None = None, lineage: Lineage | None = None,
-                lineage_depth: int | None = None, warn: bool = True) -> str:
-    """The whole README.md: front matter plus our delimited section."""
-    from hubmerge.output.lineage import format_params, format_setting, recipe_parents
-
-    if endpoint is None:
-        endpoint = getattr(hub, "endpoint", None)
-    if endpoint is None:
-        from hubmerge.hub.client import default_endpoint
-
-        endpoint = default_endpoint()
-    endpoint = endpoint.rstrip("/")
+                repo_id: str | None = None, endpoint: str | None = None, parents: list[ParentCard] | None = None,
+                lineage: Lineage | None = None, warn: bool = True) -> str:
+    """The whole README.md: front matter plus our delimited section. ``lineage``: the family tree to draw
+    (``hubmerge.hub.lineage`` walks it); without one the section says it is not available."""
+    endpoint = (endpoint or default_endpoint()).rstrip("/")
     parents = parent_cards(plan) if parents is None else parents
     meta = card_metadata(plan, digest, device=device, parents=parents, warn=warn)
     block = meta["hubmerge"]
@@ -309,8 +311,6 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
         lines += [f"| `{name}` | {lic or 'unknown'} |" for name, lic in decision.table]
 
     lines += ["", "## Lineage", ""]
-    if lineage is None:
-        lineage = _lineage_for(title if repo_id is None else repo_id, recipe, parents, hub, lineage_depth)
     if lineage is not None:
         lines += ["```mermaid", lineage.to_mermaid().rstrip(), "```", "", lineage.to_markdown().rstrip()]
     else:
@@ -337,32 +337,7 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
               'model = AutoModelForCausalLM.from_pretrained(model_id, torch_dtype="auto")',
               'inputs = tokenizer("The merged model says", return_tensors="pt")',
               "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))", "```", "", END]
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    return f"---\n{front}---\n\n" + "\n".join(lines) + "\n"
-
-
-def _lineage_for(root_name: str, recipe: dict[str, Any], parents: list[ParentCard], hub: Any,
-                 depth: int | None) -> Lineage | None:
-    from hubmerge.output.lineage import DEFAULT_DEPTH, CardInfo, LineageBuilder, parents_of
-
-    links = parents_of(CardInfo({"hubmerge": {"recipe": recipe}}, ""))
-    known = {p.name: (p.revision, p.info, p.folder) for p in parents}
-    try:
-        return LineageBuilder(hub, depth=DEFAULT_DEPTH if depth is None else depth).from_parents(
-            root_name, links, known)
-    except HubmergeError as exc:  # the card must not fail a finished merge
-        logger.warning("lineage left out of the card: %s", exc.message)
-        return None
-
-
-def write_card(plan: MergePlan, digest: str | None, folder: Path, *, title: str | None = None,
-               existing: str | None = None, device: str = "cpu", repo_id: str | None = None,
-               hub: Any = None) -> str:
-    card = render_card(plan, digest, title=title or folder.name, device=device, repo_id=repo_id, hub=hub)
-    if existing:
-        card = update_readme(existing, card)
-    (folder / "README.md").write_text(card, encoding="utf-8")
-    return card
+    return front_matter(meta) + "\n" + "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,24 +346,6 @@ def write_card(plan: MergePlan, digest: str | None, folder: Path, *, title: str 
 
 OUR_KEYS = ("base_model", "base_model_relation", "library_name", "hubmerge")
 USER_WINS = ("license", "license_name", "license_link", "pipeline_tag")  # an existing value is kept
-
-
-def split_front_matter(text: str, *, source: str = "README.md") -> tuple[dict[str, Any], str]:
-    """(metadata, body) of a README; a README without front matter has empty metadata."""
-    if not text.startswith("---"):
-        return {}, text
-    lines = text.splitlines(keepends=True)
-    for i in range(1, len(lines)):
-        if lines[i].rstrip() == "---":
-            try:
-                meta = yaml.safe_load("".join(lines[1:i])) or {}
-            except yaml.YAMLError as exc:
-                raise HubmergeError(f"{source}: the front matter is not valid YAML ({exc})",
-                                    hint="fix the metadata block at the top of the README") from None
-            if not isinstance(meta, dict):
-                raise HubmergeError(f"{source}: the front matter must be a mapping")
-            return meta, "".join(lines[i + 1:])
-    return {}, text
 
 
 def update_readme(existing: str, generated: str) -> str:
@@ -419,5 +376,4 @@ def update_readme(existing: str, generated: str) -> str:
         body = head + section + tail
     else:
         body = "\n" + section + "\n" + (("\n" + old_body.strip("\n") + "\n") if old_body.strip() else "")
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    return f"---\n{front}---\n" + (body if body.startswith("\n") else "\n" + body)
+    return front_matter(meta) + (body if body.startswith("\n") else "\n" + body)

@@ -1,10 +1,17 @@
-"""An input model on the Hub, pinned to a commit SHA: headers by range reads, data streamed or cached."""
+"""An input model on the Hub, pinned to a commit SHA: headers by range reads, data streamed or cached.
+
+The Hub is read through the client the caller passes in, which needs only what :class:`HubReads` lists
+(``hubmerge.hub.Hub`` is that client); this module never imports ``hubmerge.hub``.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any, Protocol
 
+import requests
 import torch
 
 from hubmerge.errors import SourceError
@@ -23,6 +30,31 @@ from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse
 from hubmerge.spec.model import ModelRef
 
 logger = logging.getLogger(__name__)
+
+
+def default_endpoint() -> str:
+    """The Hub's address: ``HF_ENDPOINT``, else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+
+
+class HubReads(Protocol):
+    """What reading a Hub model asks of the Hub client."""
+
+    endpoint: str
+    download: bool  # fill the HF cache first instead of streaming
+    retry_backoff: float  # first wait of ranged-read retries
+    session: requests.Session
+    resolved: dict[ModelRef, str]  # refs pinned this session, so each resolves once
+
+    def auth_headers(self) -> dict[str, str]: ...
+    def resolve(self, repo_id: str, revision: str | None = None) -> str: ...
+    def list_files(self, repo_id: str, sha: str) -> list[Any]: ...  # entries with .path and .size
+    def file_url(self, repo_id: str, sha: str, path: str) -> str: ...
+    def read_small_file(self, repo_id: str, sha: str, path: str, *, max_bytes: int = ...) -> bytes | None: ...
+    def cached_file(self, repo_id: str, sha: str, path: str) -> Path | None: ...
+    def download_file(self, repo_id: str, sha: str, path: str) -> Path: ...
 
 
 class PerFileReader:
@@ -48,7 +80,7 @@ class PerFileReader:
             reader.close()
 
 
-def hub_weights(hub, repo: str, sha: str, display: str, listing: dict[str, int | None],
+def hub_weights(hub: HubReads, repo: str, sha: str, display: str, listing: dict[str, int | None],
                 weights: WeightFiles) -> tuple[dict[str, TensorInfo], PerFileReader]:
     """Tensor table and reader for the weight files of a Hub repo at a pinned SHA.
 
@@ -96,7 +128,7 @@ def hub_weights(hub, repo: str, sha: str, display: str, listing: dict[str, int |
     return collect_tensors(headers, weights.weight_map, model=display), PerFileReader(readers, fetcher)
 
 
-def pinned_listing(hub, ref: ModelRef) -> tuple[str, str, dict[str, int | None]]:
+def pinned_listing(hub: HubReads, ref: ModelRef) -> tuple[str, str, dict[str, int | None]]:
     """(SHA, display name, file -> size) of a Hub ref, resolved once per ref and session."""
     sha = hub.resolved.get(ref) or hub.resolve(ref.path, ref.revision)
     hub.resolved[ref] = sha
@@ -107,7 +139,7 @@ def pinned_listing(hub, ref: ModelRef) -> tuple[str, str, dict[str, int | None]]
     return sha, display, listing
 
 
-def open_hub_model(hub, ref: ModelRef, *, allow_pickle: bool = False) -> ModelSource:
+def open_hub_model(hub: HubReads, ref: ModelRef, *, allow_pickle: bool = False) -> ModelSource:
     repo = ref.path
     sha, display, listing = pinned_listing(hub, ref)
 

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from hubmerge.errors import SourceError, SpecError
+from hubmerge.sources.hub_model import hub_weights, pinned_listing
 from hubmerge.sources.model import (
     ModelSource,
     find_weight_files,
     local_folder,
     local_weights,
     on_hub,
-    open_model,
     parse_json_file,
 )
 from hubmerge.sources.readers import POOL, TensorReader
@@ -327,8 +327,6 @@ def _open_local_adapter(ref: ModelRef, root: Path, allow_pickle: bool) -> Adapte
 
 
 def _open_hub_adapter(hub: Any, ref: ModelRef, allow_pickle: bool) -> Adapter:
-    from hubmerge.sources.hub_model import hub_weights, pinned_listing
-
     sha, display, listing = pinned_listing(hub, ref)
 
     def read_json(file: str) -> Any:
@@ -349,11 +347,11 @@ def _adapter_config(raw: bytes | None, display: str) -> AdapterConfig:
     return parse_adapter_config(parse_json_file(raw, context=f"{display}/{ADAPTER_CONFIG}"), display)
 
 
-def open_with_adapter(ref: ModelRef, *, base_dir: Path | None = None, hub: Any = None,
-                      allow_pickle: bool = False) -> ModelSource:
-    """The source of ``model+adapter``: the model's tensors, the adapter folded in as they are read."""
+def with_adapter(model: ModelSource, ref: ModelRef, *, base_dir: Path | None = None, hub: Any = None,
+                 allow_pickle: bool = False) -> ModelSource:
+    """The source of ``model+adapter``: the (opened) model's tensors, the adapter folded in as they are read.
+    ``model`` is closed when the adapter cannot be opened or does not fit it."""
     assert ref.lora is not None
-    model = open_model(ModelRef(ref.path, ref.revision), base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     try:
         adapter = open_adapter(ref.lora, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
         try:

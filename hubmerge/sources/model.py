@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
-from hubmerge.errors import SourceError
+from hubmerge.errors import HubError, SourceError
 from hubmerge.sources.pickle_reader import PICKLE_SUFFIXES, PickleReader, pickle_headers, refuse_pickle_files
 from hubmerge.sources.readers import LocalFileReader, TensorReader
 from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse_header
@@ -228,9 +228,7 @@ def local_folder(ref: ModelRef, base_dir: Path | None = None) -> Path | None:
 def on_hub(ref: ModelRef, hub: Any, open_remote: Callable[[], Any]) -> Any:
     """``open_remote()`` for a reference that is not a local folder, with one error naming both halves."""
     local = Path(ref.path).expanduser()
-    if hub is not None and _looks_like_repo_id(ref.path):
-        from hubmerge.errors import HubError
-
+    if hub is not None and looks_like_repo_id(ref.path):
         try:
             return open_remote()
         except HubError as exc:
@@ -243,27 +241,11 @@ def on_hub(ref: ModelRef, hub: Any, open_remote: Callable[[], Any]) -> Any:
         raise SourceError(f"model not found: {ref} is a Windows path and no folder '{name}' is next to the spec "
                           "or in the working directory", hint=f"copy or link the model folder to ./{name}, or use its "
                                                               "Hub repo id")
-    hint = "check the path" if not _looks_like_repo_id(ref.path) else "Hub models need network access"
+    hint = "check the path" if not looks_like_repo_id(ref.path) else "Hub models need network access"
     raise SourceError(f"model not found: {ref} (no local folder at {local})", hint=hint)
 
 
-def open_model(ref: ModelRef, *, base_dir: Path | None = None, hub: Any = None,
-               allow_pickle: bool = False) -> ModelSource:
-    """Open a model reference: a local folder if one exists at the path, else a Hub repo (via ``hub``).
-
-    ``model+adapter`` references fold the PEFT adapter into the model's tensors as they are read.
-    ``allow_pickle`` lets models (and adapters) that only have pickle checkpoints be read."""
-    if ref.lora is not None:
-        from hubmerge.sources.lora import open_with_adapter
-
-        return open_with_adapter(ref, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
-    local = local_folder(ref, base_dir)
-    if local is not None:
-        return open_local_model(ref, local, allow_pickle=allow_pickle)
-    return on_hub(ref, hub, lambda: hub.open_model(ref, allow_pickle=allow_pickle))
-
-
-def _looks_like_repo_id(path: str) -> bool:
+def looks_like_repo_id(path: str) -> bool:
     parts = path.split("/")
     return (1 <= len(parts) <= 2 and all(parts) and not path.startswith((".", "~"))
             and all(c.isalnum() or c in "-_." for part in parts for c in part))

@@ -21,6 +21,8 @@ from hubmerge.spec.model import (
     TokenizerSpec,
 )
 from hubmerge.spec.schema import validate_against_schema
+from hubmerge.spec.search import midpoint, spec_search_ranges, substitute
+from hubmerge.spec.validate import check_spec
 from hubmerge.spec.yamlio import load_yaml_documents
 
 
@@ -55,8 +57,6 @@ def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec:
     if not isinstance(document, dict):
         raise SpecError(f"{source}: the spec must be a mapping of keys, got {type(document).__name__}")
     validate_against_schema(document, source=source)
-    from hubmerge.spec.validate import check_spec  # late import: validate needs the method registry
-
     spec = _build(document)
     check_spec(spec)
     return spec
@@ -253,6 +253,15 @@ def parse_size(value: int | str, path: str = "max_shard_size") -> int:
     return size
 
 
+def format_size(n: float) -> str:
+    """Bytes for people: ``512 B``, ``1.50 MB``, ``2.00 TB`` (decimal units, as ``parse_size`` reads them)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
 def _options(doc: dict[str, Any]) -> HubmergeOptions:
     known = {"target", "private", "seed", "max_shard_size", "license", "create_pr", "track"}
     return HubmergeOptions(
@@ -267,3 +276,12 @@ def _options(doc: dict[str, Any]) -> HubmergeOptions:
         track=dict(doc.get("track") or {}),
         extra={k: v for k, v in doc.items() if k not in known},
     )
+
+
+def at_midpoints(spec: MergeSpec) -> MergeSpec | None:
+    """The spec with every search range at its midpoint, or None when it has none (for validation:
+    shapes and parameter ranges are checked as for any candidate of the search)."""
+    found = spec_search_ranges(spec)
+    if not found:
+        return None
+    return spec_from_dict(substitute(spec.raw, {p.path: midpoint(p.range) for p in found}), source="search midpoints")

@@ -112,14 +112,3 @@ def midpoint(r: SearchRange) -> float:
     if r.step:
         value = r.low + round((value - r.low) / r.step) * r.step
     return value
-
-
-def at_midpoints(spec: MergeSpec) -> MergeSpec | None:
-    """The spec with every search range at its midpoint, or None when it has none (for validation:
-    shapes and parameter ranges are checked as for any candidate of the search)."""
-    from hubmerge.spec.parse import spec_from_dict
-
-    found = spec_search_ranges(spec)
-    if not found:
-        return None
-    return spec_from_dict(substitute(spec.raw, {p.path: midpoint(p.range) for p in found}), source="search midpoints")

@@ -7,18 +7,19 @@ planner for every output tensor, still before any tensor data is read.
 from __future__ import annotations
 
 from hubmerge.errors import SpecError
-from hubmerge.merge.methods import MergeMethod, all_methods, get_method
+from hubmerge.spec import methods
+from hubmerge.spec.methods import MethodContract
 from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SearchRange
 from hubmerge.spec.params import ParameterValueError, coerce, setting_scalars
 from hubmerge.spec.schema import did_you_mean
 from hubmerge.spec.search import spec_search_ranges
 
 
-def method_for(spec: MergeSpec) -> MergeMethod:
+def method_for(spec: MergeSpec) -> MethodContract:
     try:
-        return get_method(spec.merge_method)
+        return methods.lookup(spec.merge_method)
     except KeyError:
-        names = sorted(all_methods())
+        names = sorted(methods.entries())
         suggestion = did_you_mean(spec.merge_method, names)
         hint = f"did you mean '{suggestion}'?" if suggestion else "available: " + ", ".join(names)
         raise SpecError(f"unknown merge method '{spec.merge_method}'", path="merge_method", hint=hint) from None
@@ -46,7 +47,7 @@ def _levels(spec: MergeSpec) -> list[tuple[str, Parameters, bool]]:
     return out
 
 
-def _check_levels(spec: MergeSpec, method: MergeMethod) -> None:
+def _check_levels(spec: MergeSpec, method: MethodContract) -> None:
     for path, params, per_input in _levels(spec):
         for name, setting in params.items():
             param = method.param(name)
@@ -93,7 +94,7 @@ def _inputs_of(spec: MergeSpec) -> list[tuple[str, list[ModelRef], ModelRef | No
     return groups
 
 
-def _check_contract(spec: MergeSpec, method: MergeMethod) -> None:
+def _check_contract(spec: MergeSpec, method: MethodContract) -> None:
     for path, models, base in _inputs_of(spec):
         if method.base == "required" and base is None:
             raise SpecError(f"merge method '{method.name}' needs a base model", path="base_model",
@@ -114,7 +115,7 @@ def _check_contract(spec: MergeSpec, method: MergeMethod) -> None:
                             path=path)
 
 
-def _check_required(spec: MergeSpec, method: MergeMethod) -> None:
+def _check_required(spec: MergeSpec, method: MethodContract) -> None:
     """A required parameter must be set at some level that reaches each input that needs it."""
     for param in method.params:
         if not param.required:

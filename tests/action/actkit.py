@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from helpers import TIES_SPEC as SPEC  # noqa: F401 - the recipe the action tests push
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

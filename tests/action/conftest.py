@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from actkit import ACT, REPO_ROOT, ActRun
 from helpers import family, publish_folder
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from actkit import REPO_ROOT, SPEC, needs_act, read_pairs
+
 from hubmerge.hub import Hub
-from hubmerge.hub.push import push
+from hubmerge.pipeline.push import push
 from hubmerge.spec import parse_spec
 
 pytestmark = [needs_act, pytest.mark.timeout(300)]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from actkit import REPO_ROOT
 
 ACTION = REPO_ROOT / "action.yml"

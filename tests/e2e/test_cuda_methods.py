@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import family, load_folder
+
 from hubmerge.merge.methods.registry import all_methods
-from hubmerge.merge.run import MergeOptions, run_merge
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
 
 pytestmark = [pytest.mark.cuda,

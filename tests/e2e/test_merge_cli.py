@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import family, load_folder, run_cli
-from hubmerge.errors import HubmergeError
-from hubmerge.merge.run import MergeOptions, run_merge
+
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
 
 SPEC = """

@@ -15,8 +15,8 @@ import random
 import pytest
 import scipy.stats
 import torch
-
 from evolve_support import encode, load_reference, reference_line_nll
+
 from hubmerge.evolve import EvalError
 from hubmerge.evolve.estimators import anchor_indices, ratio_estimate, t_quantile
 from hubmerge.evolve.evaluate import load_model, parse_eval

@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from evolve_support import reference_ppl
 from helpers import assert_same_tensors, load_folder
+
 from hubmerge.cli import main
 
 

@@ -12,8 +12,8 @@ import time
 
 import optuna
 import yaml
-
 from evolve_support import WEIGHT_A, WEIGHT_B
+
 from hubmerge.cli import main
 
 COMPLETE = optuna.trial.TrialState.COMPLETE

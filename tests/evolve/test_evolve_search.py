@@ -18,12 +18,12 @@ import numpy
 import optuna
 import pytest
 import yaml
-
 from evolve_support import WEIGHT_A, WEIGHT_B, one_math_thread, reference_ppl
 from helpers import assert_same_tensors, load_folder
+
 from hubmerge.cli import main
-from hubmerge.evolve.candidate import CandidateMerger
 from hubmerge.evolve import EvolveError
+from hubmerge.evolve.candidate import CandidateMerger
 from hubmerge.evolve.search import EvolveOptions, run_search
 from hubmerge.spec import load_spec
 from hubmerge.spec.search import find_search_ranges
@@ -72,8 +72,8 @@ def _eval_json(folder: Path, *evals: str) -> dict[str, dict]:
 def test_search_beats_both_parents_and_a_linear_merge(task_models, evolved):
     ppl = f"ppl:{task_models.ppl}"
     linear = task_models.root / "linear.yml"
-    linear.write_text(f"merge_method: linear\nmodels:\n  - model: task_a\n    parameters: {{weight: 0.5}}\n"
-                      f"  - model: task_b\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
+    linear.write_text("merge_method: linear\nmodels:\n  - model: task_a\n    parameters: {weight: 0.5}\n"
+                      "  - model: task_b\n    parameters: {weight: 0.5}\ndtype: float32\n")
     _run(["merge", str(linear), "-o", str(evolved.work / "linear"), "-q"])
     centre = task_models.concrete_spec(1.25, 1.25, "centre.yml")
     _run(["merge", str(centre), "-o", str(evolved.work / "centre"), "-q"])

@@ -4,8 +4,8 @@ that refuses to merge with a pointer to ``hubmerge evolve``."""
 from __future__ import annotations
 
 import pytest
-
 from evolve_support import WEIGHT_A
+
 from hubmerge.cli import main
 from hubmerge.errors import SpecError
 from hubmerge.spec import parse_spec

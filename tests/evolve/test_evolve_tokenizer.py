@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "merge"))
+from helpers import load_folder  # noqa: E402
 from tokenizer_models import SPECIALS, vocab_model, words  # noqa: E402
 
-from helpers import load_folder  # noqa: E402
 from hubmerge.evolve.candidate import CandidateMerger  # noqa: E402
-from hubmerge.merge.run import MergeOptions, run_merge  # noqa: E402
+from hubmerge.pipeline.run import MergeOptions, run_merge  # noqa: E402
 from hubmerge.spec import parse_spec  # noqa: E402
 
 SPEC = """

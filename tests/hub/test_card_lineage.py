@@ -15,19 +15,17 @@ import struct
 
 import pytest
 import yaml
-
 from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, parse_mermaid, publish_folder, run_cli
+
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
-from hubmerge.hub.push import push
-from hubmerge.merge.run import MergeOptions, run_merge
-from hubmerge.output.card import split_front_matter
-from hubmerge.output.lineage import LineageBuilder, _CardCache, lineage_of
-from hubmerge.output.verify import reproduce, verify
+from hubmerge.hub.lineage import LineageBuilder, _CardCache, lineage_of
+from hubmerge.pipeline.push import push
+from hubmerge.pipeline.run import MergeOptions, run_merge
+from hubmerge.pipeline.verify import reproduce, verify
 from hubmerge.spec import parse_spec
+from hubmerge.spec.frontmatter import split_front_matter
 from hubmerge.spec.parse import spec_from_dict
-
-
 
 GEN2B = """merge_method: ties
 base_model: {base}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import family, publish_folder
+
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
-from hubmerge.sources.model import open_model
+from hubmerge.sources.open import open_model
 from hubmerge.spec.model import ModelRef
 
 

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import os
 from pathlib import Path
 
 import pytest
+from helpers import assert_same_tensors, family, load_folder, publish_family, publish_folder, run_cli
 from safetensors.torch import load as load_safetensors
 
-from helpers import assert_same_tensors, family, load_folder, publish_family, publish_folder, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
-from hubmerge.hub.parts import finalize, open_pr, partition, push_part
-from hubmerge.merge.run import MergeOptions, run_merge
 from hubmerge.output.shards import Shard, ShardEntry
+from hubmerge.pipeline.parts import finalize, open_pr, partition, push_part
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
 
 SHARD = 40_000

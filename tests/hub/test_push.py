@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import threading
 import time
 
 import pytest
-import torch
 import yaml
+from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, publish_family, run_cli
 from safetensors.torch import load as load_safetensors
 
-from helpers import TIES_SPEC, assert_same_tensors, family, load_folder, publish_family, run_cli
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
-from hubmerge.hub.push import push, spec_from_repo
-from hubmerge.merge.run import MergeOptions, run_merge
+from hubmerge.hub.recipes import spec_from_repo
+from hubmerge.pipeline.push import push
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
-
 
 
 @pytest.fixture(scope="module")

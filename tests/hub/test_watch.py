@@ -14,13 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 import yaml
-
 from helpers import family, publish_family, run_cli
+
 from hubmerge.errors import HubError
 from hubmerge.hub import Hub
-from hubmerge.hub.push import push
-from hubmerge.hub.watch import check, sync, tracked_refs, recorded_recipe
+from hubmerge.hub.recipes import recorded_recipe
+from hubmerge.hub.watch import check, tracked_refs
 from hubmerge.hub.webhook import WebhookReceiver, make_server, parse_events
+from hubmerge.pipeline.push import push
+from hubmerge.pipeline.sync import sync
 from hubmerge.spec import parse_spec
 
 

@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import assert_same_tensors, family, load_folder, run_mergekit
-from hubmerge.merge.run import MergeOptions, run_merge
+
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
 
 pytestmark = pytest.mark.mergekit

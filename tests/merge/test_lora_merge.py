@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from helpers import assert_same_tensors, load_folder, publish_folder, run_mergekit
+from sources.lora_adapters import peft_adapter, peft_merged
+
 from hubmerge.demo import TinyShape, base_weights, finetune_weights, write_model
 from hubmerge.hub import Hub
-from hubmerge.merge.run import MergeOptions, run_merge
-from hubmerge.output.card import split_front_matter, write_card
+from hubmerge.pipeline.card import write_card
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
-from sources.lora_adapters import peft_adapter, peft_merged
+from hubmerge.spec.frontmatter import split_front_matter
 
 pytest.importorskip("peft")
 
@@ -148,7 +149,7 @@ def test_adapter_from_the_hub_at_a_pinned_revision(hub, repo_id_factory, family,
 
 
 def test_resume_fingerprint_depends_on_the_adapter(family, tmp_path):
-    from hubmerge.merge.run import plan_fingerprint, plan_spec
+    from hubmerge.pipeline.run import plan_fingerprint, plan_spec
 
     root = family["base"].parent
     prints = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import family
+
 from hubmerge.errors import PlanError, SpecError
-from hubmerge.merge.run import plan_spec
+from hubmerge.pipeline.run import plan_spec
 from hubmerge.spec import parse_spec
 
 
@@ -56,8 +56,11 @@ slices:
 """, llama)
     assert plan.num_layers == 7
     by_name = {t.name: t for t in plan.tensors}
-    src = lambda i: (plan.models[by_name[f"model.layers.{i}.self_attn.q_proj.weight"].others[0].model].name,
-                     by_name[f"model.layers.{i}.self_attn.q_proj.weight"].others[0].info.name)
+
+    def src(i):
+        first = by_name[f"model.layers.{i}.self_attn.q_proj.weight"].others[0]
+        return plan.models[first.model].name, first.info.name
+
     assert src(0) == ("base", "model.layers.0.self_attn.q_proj.weight")
     assert src(3) == ("chat", "model.layers.1.self_attn.q_proj.weight")
     assert src(5) == ("chat", "model.layers.3.self_attn.q_proj.weight")

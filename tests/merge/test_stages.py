@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import assert_same_tensors, family, load_folder, run_cli
 
 SPEC = """\

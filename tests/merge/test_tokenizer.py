@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_folder, run_cli
 from safetensors.torch import load_file
+from tokenizer_models import SPECIALS, vocab_model, words
 from transformers import AutoTokenizer
 
-from helpers import load_folder, run_cli
 from hubmerge.errors import PlanError, SpecError
 from hubmerge.merge.executor import StreamingExecutor
-from hubmerge.merge.run import MergeOptions, plan_spec, run_merge
+from hubmerge.pipeline.run import MergeOptions, plan_spec, run_merge
 from hubmerge.spec import parse_spec
-from tokenizer_models import SPECIALS, vocab_model, words
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_model_token_needs_exactly_one_of_token_and_id(models):
 # -- output files ---------------------------------------------------------------------------------------------
 
 def test_output_tokenizer_config_and_resume_fingerprint(models, tmp_path):
-    from hubmerge.merge.run import plan_fingerprint
+    from hubmerge.pipeline.run import plan_fingerprint
 
     spec = _spec(THREE, "tokenizer: {source: union, pad_to_multiple_of: 16}\n")
     result = run_merge(spec, tmp_path / "out", MergeOptions(base_dir=models, show_progress=False))
@@ -227,8 +227,9 @@ def test_tied_embeddings_model_is_aligned_through_its_input_embedding(tmp_path):
     vocab_model(tmp_path / "a", SPECIALS + words(10), seed=1)
     vocab_model(tmp_path / "t", SPECIALS + words(12)[::-1], seed=2, arch="gemma2")  # gemma2 demo: tied, no lm_head
     # gemma2 and llama differ in layers; use llama-shaped tied weights instead
-    from hubmerge.demo import TinyShape, base_weights, write_model
     from tokenizer_models import write_vocab_tokenizer
+
+    from hubmerge.demo import TinyShape, base_weights, write_model
 
     shape = TinyShape(vocab=16, layers=2, tie_embeddings=True)
     write_model(tmp_path / "t", base_weights(shape, 5), shape, tokenizer=False)
@@ -246,8 +247,9 @@ def test_tied_embeddings_model_is_aligned_through_its_input_embedding(tmp_path):
 
 def test_tokens_past_vocab_size_are_dropped(tmp_path):
     """A tokenizer with more entries than the embedding has rows (config vocab_size 34, tokenizer 36)."""
-    from hubmerge.demo import TinyShape, base_weights, write_model
     from tokenizer_models import write_vocab_tokenizer
+
+    from hubmerge.demo import TinyShape, base_weights, write_model
 
     shape = TinyShape(vocab=34, layers=2)
     write_model(tmp_path / "big", base_weights(shape, 7), shape, tokenizer=False)

@@ -10,14 +10,14 @@ from importlib import util
 from pathlib import Path
 
 import pytest
+from helpers import run_mergekit
+from tokenizer_models import SPECIALS, vocab_model, words
 from transformers import AutoTokenizer
 
-from helpers import run_mergekit
 from hubmerge.errors import SpecError
-from hubmerge.merge.run import MergeOptions, plan_spec, run_merge
 from hubmerge.merge.tokenizer import NAMED_TEMPLATES
+from hubmerge.pipeline.run import MergeOptions, plan_spec, run_merge
 from hubmerge.spec import parse_spec
-from tokenizer_models import SPECIALS, vocab_model, words
 
 _MK = util.find_spec("mergekit")
 MERGEKIT_TEMPLATES = Path(_MK.origin).parent / "_data" / "chat_templates" if _MK else None

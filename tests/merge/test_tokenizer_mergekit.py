@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_same_tensors, load_folder, run_mergekit
+from tokenizer_models import SPECIALS, vocab_model, words
 from transformers import AutoTokenizer
 
-from helpers import assert_same_tensors, load_folder, run_mergekit
-from hubmerge.merge.run import MergeOptions, run_merge
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
-from tokenizer_models import SPECIALS, vocab_model, words
 
 pytestmark = pytest.mark.mergekit
 

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from hubmerge.merge.methods import get_method
-from hubmerge.merge.methods import _sampling
+from hubmerge.merge.methods import _sampling, get_method
 from hubmerge.merge.methods import sparsify as sp
 
 

@@ -7,12 +7,14 @@ import re
 
 import pytest
 import yaml
-
 from helpers import family
-from hubmerge.merge.run import MergeOptions, plan_spec, run_merge
-from hubmerge.output.card import BEGIN, END, render_card, split_front_matter, update_readme, write_card
-from hubmerge.output.lineage import config_block
+
+from hubmerge.output.card import BEGIN, END, update_readme
+from hubmerge.pipeline.card import card_text, write_card
+from hubmerge.pipeline.run import MergeOptions, plan_spec, run_merge
 from hubmerge.spec import parse_spec
+from hubmerge.spec.cards import config_block
+from hubmerge.spec.frontmatter import split_front_matter
 from hubmerge.spec.parse import spec_from_dict
 
 SPEC = """
@@ -56,7 +58,7 @@ def _readme(folder, **meta):
 def _card(root, spec_text=SPEC, **kwargs):
     plan = plan_spec(parse_spec(spec_text), base_dir=root)
     try:
-        return render_card(plan, "sha256:" + "ab" * 32, title="my-merge", **kwargs)
+        return card_text(plan, "sha256:" + "ab" * 32, title="my-merge", **kwargs)
     finally:
         for m in plan.models:
             m.close()

@@ -6,19 +6,11 @@ import json
 import re
 
 import yaml
-
 from helpers import parse_mermaid
 
-from hubmerge.output.lineage import (
-    CardInfo,
-    Lineage,
-    LineageBuilder,
-    LineageEdge,
-    LineageNode,
-    card_info,
-    parents_of,
-    recipe_parents,
-)
+from hubmerge.hub.lineage import LineageBuilder
+from hubmerge.output.lineage import Lineage, LineageEdge, LineageNode
+from hubmerge.spec.cards import CardInfo, card_info, parents_of, recipe_parents
 
 
 def _card(meta: dict, body: str = "# m\n") -> str:
@@ -148,5 +140,5 @@ def test_lora_adapters_are_parents_of_their_own():
         ("org/base", "abc", ["model"]), ("org/adapter", "def", ["adapter"]),
         ("org/other", None, ["model"]), ("org/adapter2", None, ["adapter"])]
     links = parents_of(card_info(_card({"hubmerge": {"recipe": recipe}})))
-    assert [(l.path, l.relation) for l in links] == [("org/base", "merge"), ("org/adapter", "adapter"),
+    assert [(link.path, link.relation) for link in links] == [("org/base", "merge"), ("org/adapter", "adapter"),
                                                      ("org/other", "merge"), ("org/adapter2", "adapter")]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from hubmerge.errors import SourceError
-from hubmerge.sources.model import open_model
+from hubmerge.sources.open import open_model
 from hubmerge.spec.model import ModelRef
 
 

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sources.lora_adapters import hand_adapter, peft_adapter, peft_merged
 
 from hubmerge.demo import TinyShape, base_weights, write_model
 from hubmerge.errors import SourceError
-from hubmerge.sources.model import open_model
+from hubmerge.sources.open import open_model
 from hubmerge.spec.model import ModelRef
 from hubmerge.spec.parse import parse_ref
-from sources.lora_adapters import hand_adapter, peft_adapter, peft_merged
 
 pytest.importorskip("peft")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import load_folder, publish_folder, run_cli
+
 from hubmerge.demo import TinyShape, base_weights, finetune_weights, write_model
 from hubmerge.errors import SourceError
 from hubmerge.hub import Hub
-from hubmerge.merge.run import MergeOptions, run_merge
-from hubmerge.sources.model import open_model
+from hubmerge.pipeline.run import MergeOptions, run_merge
+from hubmerge.sources.open import open_model
 from hubmerge.spec import parse_spec
 from hubmerge.spec.model import ModelRef
 

@@ -12,7 +12,6 @@ import os
 import sys
 
 import pytest
-
 from helpers import family, publish_family
 from space_support import ALICE, ALICE_TOKEN, SPACE_DIR
 

@@ -16,8 +16,8 @@ pytest.importorskip("gradio_client", reason="the Space tests need the test extra
 
 from gradio_client.exceptions import AppError  # noqa: E402
 from huggingface_hub import HfApi, SpaceCard  # noqa: E402
-from safetensors.torch import load as load_safetensors, save as save_safetensors  # noqa: E402
-
+from safetensors.torch import load as load_safetensors  # noqa: E402
+from safetensors.torch import save as save_safetensors
 from space_support import ALICE, ALICE_TOKEN, SPACE_DIR, recipe  # noqa: E402
 
 ROOT = SPACE_DIR.parent

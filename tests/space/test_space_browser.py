@@ -14,13 +14,10 @@ import yaml
 
 pytest.importorskip("playwright.sync_api", reason="the browser test needs the test extra (playwright)")
 
-from safetensors.torch import load as load_safetensors  # noqa: E402
-
-from playwright.sync_api import expect  # noqa: E402
-
-from browser_support import (CHROMIUM, MergeForm, fill_form, merge_and_wait, open_page, recipe_text,  # noqa: E402
-                             sign_in)
+from browser_support import CHROMIUM, MergeForm, fill_form, merge_and_wait, open_page, recipe_text, sign_in  # noqa: E402
 from helpers import load_folder, publish_folder  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
+from safetensors.torch import load as load_safetensors  # noqa: E402
 from space_support import ALICE, ALICE_TOKEN  # noqa: E402
 
 pytestmark = pytest.mark.skipif(

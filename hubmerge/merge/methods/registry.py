@@ -24,9 +24,12 @@ No I/O, no config objects, no global state in a method.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-REQUIRED: Any = object()
+from hubmerge.spec import methods as table
+from hubmerge.spec.methods import REQUIRED, BasePolicy, Param
+
+__all__ = ["REQUIRED", "MergeMethod", "Param", "ReleasableInputs", "all_methods", "get_method", "register", "release"]
 
 
 class ReleasableInputs(list):
@@ -37,32 +40,6 @@ def release(inputs: Any, index: int) -> None:
     """Drop ``inputs[index]`` if the caller allowed it (``ReleasableInputs``); otherwise do nothing."""
     if isinstance(inputs, ReleasableInputs):
         inputs[index] = None
-
-ParamScope = Literal["shared", "model"]
-BasePolicy = Literal["required", "optional", "ignored"]
-
-
-@dataclass(frozen=True)
-class Param:
-    """A parameter a method takes from the spec."""
-
-    name: str
-    type: type  # float, int, bool or str
-    scope: ParamScope = "shared"
-    default: Any = REQUIRED
-    # The keyword the function receives (``lambda`` is a Python keyword, per-model lists are plural).
-    kwarg: str | None = None
-    # Per-model parameters: does the base model get one too (mergekit's INPUT vs NON_BASE scope)?
-    includes_base: bool = False
-    help: str = ""
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
-
-    @property
-    def keyword(self) -> str:
-        return self.kwarg or self.name
 
 
 @dataclass(frozen=True)
@@ -98,34 +75,16 @@ class MergeMethod:
         return tuple(p.name for p in self.params)
 
 
-_REGISTRY: dict[str, MergeMethod] = {}
-
-
 def register(method: MergeMethod) -> MergeMethod:
-    if method.name in _REGISTRY:
-        raise ValueError(f"merge method {method.name!r} is registered twice")
-    _REGISTRY[method.name] = method
+    """Enter a method in the one table of methods (``hubmerge.spec.methods``, which spec checks read)."""
+    table.add(method)
     return method
 
 
 def get_method(name: str) -> MergeMethod:
     """Look a method up by name; raises KeyError (callers turn it into a SpecError with a hint)."""
-    _load_builtin_methods()
-    return _REGISTRY[name]
+    return table.lookup(name)
 
 
 def all_methods() -> dict[str, MergeMethod]:
-    _load_builtin_methods()
-    return dict(_REGISTRY)
-
-
-_loaded = False
-
-
-def _load_builtin_methods() -> None:
-    # Importing the family modules registers their methods; done lazily to keep imports cheap.
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from hubmerge.merge.methods import _builtin  # noqa: F401
+    return table.entries()

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubmerge import __version__
-from hubmerge.errors import HubmergeError
 from hubmerge.merge.executor import StreamingExecutor
 from hubmerge.merge.plan import MergePlan, build_plan, output_config
-from hubmerge.merge.tokenizer import TOKENIZER_FILES, write_tokenizer_files  # noqa: F401 (TOKENIZER_FILES re-exported)
+from hubmerge.merge.tokenizer import write_tokenizer_files
 from hubmerge.output.folder import commit_partial, discard_partial, prepare_partial
 from hubmerge.output.shards import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -22,11 +21,12 @@ from hubmerge.output.shards import (
     ShardEntry,
     ShardWriter,
     content_hash,
-    shard_digests,
     index_document,
     layout_shards,
+    shard_digests,
 )
-from hubmerge.sources.model import ModelSource, open_model
+from hubmerge.sources.model import ModelSource
+from hubmerge.sources.open import open_model
 from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.yamlio import dump_yaml
 

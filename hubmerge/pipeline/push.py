@@ -16,8 +16,9 @@ from typing import Callable
 
 from hubmerge.errors import HubError, SpecError
 from hubmerge.hub.client import Hub, hub_errors
-from hubmerge.merge.run import MergeOptions, MergeResult, run_merge
-from hubmerge.output.card import split_front_matter, write_card
+from hubmerge.pipeline.card import write_card
+from hubmerge.pipeline.run import MergeOptions, MergeResult, run_merge
+from hubmerge.spec.frontmatter import recorded_block
 from hubmerge.spec.model import MergeSpec
 
 logger = logging.getLogger(__name__)
@@ -43,21 +44,6 @@ def target_of(spec: MergeSpec, override: str | None) -> str:
         raise SpecError("no target repo to push to", path="hubmerge.target",
                         hint="add 'hubmerge: {target: your-name/model-name}' to the spec or pass --repo")
     return target
-
-
-def existing_card(hub: Hub, repo_id: str, sha: str | None) -> str | None:
-    if sha is None:
-        return None
-    data = hub.read_small_file(repo_id, sha, "README.md")
-    return data.decode("utf-8", errors="replace") if data is not None else None
-
-
-def recorded_block(readme: str | None) -> dict:
-    if not readme:
-        return {}
-    meta, _ = split_front_matter(readme)
-    block = meta.get("hubmerge")
-    return block if isinstance(block, dict) else {}
 
 
 def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool | None = None,
@@ -87,7 +73,7 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         raise HubError(f"committing to {repo_id}: the repo changed since the merge started (another commit landed)",
                        hint="run again to merge on top of the new head, or use --create-pr")
     parent = head
-    old_readme = existing_card(hub, repo_id, parent)
+    old_readme = hub.readme(repo_id, parent)
     old_files = set(hub.api.list_repo_files(repo_id, revision=parent)) if parent else set()
 
     uploaded: list = []
@@ -147,24 +133,3 @@ def _description(result: MergeResult) -> str:
     lines.append("")
     lines.append(f"Content hash: {result.content_hash}")
     return "\n".join(lines)
-
-
-def spec_from_repo(hub: Hub, repo_id: str, revision: str | None = None) -> MergeSpec:
-    """A spec stored in a repo's README front matter under ``hubmerge: {recipe: ...}``."""
-    from hubmerge.spec.parse import spec_from_dict
-
-    sha = hub.resolve(repo_id, revision)
-    readme = hub.read_small_file(repo_id, sha, "README.md")
-    if readme is None:
-        raise HubError(f"{repo_id} has no README.md holding a recipe",
-                       hint="put the spec under 'hubmerge: {recipe: ...}' in the README front matter")
-    meta, _ = split_front_matter(readme.decode("utf-8", errors="replace"), source=f"{repo_id}/README.md")
-    block = meta.get("hubmerge")
-    if not isinstance(block, dict) or not isinstance(block.get("recipe"), dict):
-        raise HubError(f"{repo_id}/README.md has no 'hubmerge.recipe' in its front matter",
-                       hint="add the merge spec under 'hubmerge: {recipe: ...}'")
-    recipe = dict(block["recipe"])
-    options = dict(recipe.get("hubmerge") or {})
-    options.setdefault("target", repo_id)
-    recipe["hubmerge"] = options
-    return spec_from_dict(recipe, source=f"{repo_id}/README.md hubmerge.recipe")

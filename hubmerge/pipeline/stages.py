@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from hubmerge.merge.run import MergeOptions, MergeResult, run_merge
+from hubmerge.pipeline.run import MergeOptions, MergeResult, run_merge
 from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.parse import spec_from_dict
 from hubmerge.spec.pin import map_model_refs

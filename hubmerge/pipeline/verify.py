@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubmerge.errors import HubmergeError, SourceError
-from hubmerge.merge.run import MergeOptions, MergeResult, plan_spec, run_merge
-from hubmerge.output.card import render_card, update_readme, write_card
-from hubmerge.output.lineage import MERGEKIT_CONFIG, CardInfo, card_info, find_recipe
 from hubmerge.output.shards import content_hash, tensor_bytes, tensor_digest
-from hubmerge.sources.model import ModelSource, open_local_model, open_model
+from hubmerge.pipeline.card import card_text, write_card
+from hubmerge.pipeline.run import MergeOptions, MergeResult, plan_spec, run_merge
+from hubmerge.sources.model import ModelSource, looks_like_repo_id, open_local_model
+from hubmerge.sources.open import open_model
+from hubmerge.spec.cards import MERGEKIT_CONFIG, CardInfo, card_info, find_recipe
 from hubmerge.spec.model import MergeSpec, ModelRef
 
 logger = logging.getLogger(__name__)
@@ -72,14 +73,13 @@ def open_target(target: str, hub: Any) -> CardSource:
             return p.read_bytes() if p.is_file() else None
 
         return CardSource(target, False, None, folder, files, read_local)
-    from hubmerge.sources.model import _looks_like_repo_id
     from hubmerge.spec.parse import parse_ref
 
     try:
         ref = parse_ref(target)
     except HubmergeError:
         ref = None
-    if ref is None or ref.lora is not None or not _looks_like_repo_id(ref.path):
+    if ref is None or ref.lora is not None or not looks_like_repo_id(ref.path):
         raise HubmergeError(f"{target!r} is neither a local folder nor a Hub repo id",
                             hint="pass org/name, org/name@revision or a folder holding the model and its card")
     if hub is None:
@@ -281,12 +281,11 @@ def regenerate_card(target: str, *, hub: Any, title: str | None = None, repo_id:
     repo_id = repo_id or spec.hubmerge.target
     plan = plan_spec(spec, base_dir=base_dir, hub=hub)
     try:
-        card = render_card(plan, digest, title=title or default_title, device=device, repo_id=repo_id, hub=hub)
+        card = card_text(plan, digest, title=title or default_title, device=device, repo_id=repo_id, hub=hub,
+                         existing=existing)
     finally:
         for m in plan.models:
             m.close()
-    if existing:
-        card = update_readme(existing, card)
     if path.is_dir() and write:
         readme = path / "README.md"
         readme.write_text(card, encoding="utf-8")

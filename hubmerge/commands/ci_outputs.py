@@ -174,11 +174,11 @@ def mermaid_lineage(sources: Iterable[Source], target: str, *, revision: str | N
 
 def lineage_block(sources: list[Source], target: str, *, revision: str | None = None, hub=None,
                   from_hub: bool = False) -> str:
-    """The family tree from the Hub (hubmerge.output.lineage, when present and ``from_hub``), else the
+    """The family tree from the Hub (hubmerge.hub.lineage, when present and ``from_hub``), else the
     merge's direct parents; either as a ```mermaid block."""
     if from_hub:
         try:
-            from hubmerge.output.lineage import lineage_of
+            from hubmerge.hub.lineage import lineage_of
 
             graph = lineage_of(target, hub=hub, depth=3, max_calls=24).to_mermaid()
             return "```mermaid\n" + graph.rstrip("\n") + "\n```\n"
@@ -198,7 +198,7 @@ def sources_of_plan(plan) -> list[Source]:
 
 def pins_of_card(readme: str | None) -> dict[str, str | None] | None:
     """{repo id: pinned SHA} recorded by a hubmerge card (None when there is no hubmerge card)."""
-    from hubmerge.hub.push import recorded_block
+    from hubmerge.spec.frontmatter import recorded_block
     from hubmerge.spec.pin import map_model_refs
 
     block = recorded_block(readme)
@@ -223,11 +223,11 @@ def before_push(hub, spec, repo_override: str | None) -> dict[str, str | None] |
     if not os.environ.get(SUMMARY_ENV):
         return None
     try:
-        from hubmerge.hub.push import existing_card, target_of
+        from hubmerge.pipeline.push import target_of
 
         repo_id = target_of(spec, repo_override)
         sha = hub.resolve(repo_id)
-        return pins_of_card(existing_card(hub, repo_id, sha))
+        return pins_of_card(hub.readme(repo_id, sha))
     except Exception as exc:  # a missing repo is the usual case; never fail the push for a summary
         logger.debug("no previous card for the summary: %s", exc)
         return None
@@ -322,7 +322,7 @@ def _hub_for(endpoint: str | None):
 
 
 def _endpoint(endpoint: str | None) -> str:
-    from hubmerge.hub.client import default_endpoint
+    from hubmerge.sources.hub_model import default_endpoint
 
     return (endpoint or default_endpoint()).rstrip("/")
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from hubmerge.errors import HubError, SpecError
 from hubmerge.hub.client import Hub, hub_errors
-from hubmerge.hub.push import GENERATED_FILES, WEIGHT_SUFFIXES, existing_card, target_of
-from hubmerge.merge.run import MergeOptions, finalize_folder, plan_spec, plan_fingerprint, run_merge, shard_layout
-from hubmerge.output.card import write_card
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE, Shard, content_hash
+from hubmerge.pipeline.card import write_card
+from hubmerge.pipeline.push import GENERATED_FILES, WEIGHT_SUFFIXES, target_of
+from hubmerge.pipeline.run import MergeOptions, finalize_folder, plan_fingerprint, plan_spec, run_merge, shard_layout
 from hubmerge.spec.model import MergeSpec
 from hubmerge.spec.parse import spec_from_dict
 from hubmerge.spec.pin import pinned_document
@@ -220,7 +220,7 @@ def finalize(spec: MergeSpec, number: int, *, hub: Hub, repo_id: str | None = No
             with hub_errors(f"{repo_id}"):
                 refs = hub.api.list_repo_refs(repo_id)
             head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
-            write_card(plan, digest, folder, title=repo_id.split("/")[-1], existing=existing_card(hub, repo_id, head),
+            write_card(plan, digest, folder, title=repo_id.split("/")[-1], existing=hub.readme(repo_id, head),
                        device=device)
             ops: list = [CommitOperationAdd(p.name, str(p)) for p in sorted(folder.iterdir()) if p.is_file()]
             ops += [CommitOperationDelete(path) for path in manifests + [RECIPE_FILE]]

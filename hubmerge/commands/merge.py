@@ -1,0 +1,149 @@
+"""``hubmerge merge``, ``validate`` and ``demo``: merges into a local folder, and the plan of one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from hubmerge.commands import ci_outputs
+from hubmerge.commands.common import hub_of, shard_size
+from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE
+from hubmerge.pipeline.card import write_card
+from hubmerge.pipeline.run import MergeOptions, plan_spec, run_merge, shard_layout
+from hubmerge.spec import format_size
+
+logger = logging.getLogger("hubmerge")
+
+
+def cmd_merge(args) -> int:
+    from hubmerge.pipeline.stages import run_stages
+    from hubmerge.spec.stages import load_stages
+
+    stages = load_stages(args.spec)
+    options = MergeOptions(device=args.device, max_shard_size=shard_size(args), resume=args.resume,
+                           overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
+                           show_progress=not args.quiet, allow_pickle=args.allow_pickle)
+    start = time.perf_counter()
+    hub = hub_of(args)
+    result = run_stages(stages, args.output, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
+        plan, digest, folder, title=Path(args.output).name, device=args.device, hub=hub))
+    logger.info("wrote %s: %d tensors, %d shard(s), %.1f s, %s", result.output, len(result.plan.tensors),
+                len(result.shards), time.perf_counter() - start, result.content_hash)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from hubmerge.spec.stages import load_stages
+
+    stages = load_stages(args.spec)
+    if len(stages) > 1:
+        return _validate_stages(args, stages)
+    spec = stages[0].spec
+    from hubmerge.spec.parse import at_midpoints
+
+    planned = at_midpoints(spec)
+    if planned is not None:  # a spec for 'hubmerge evolve': check it as its candidates will be merged
+        print("search spec: planned with every search range at its midpoint ('hubmerge evolve' finds the values)")
+        spec = planned
+    plan = plan_spec(spec, base_dir=Path(args.spec).resolve().parent, hub=hub_of(args), allow_pickle=args.allow_pickle)
+    ci_outputs.after_validate(spec, plan)  # $GITHUB_STEP_SUMMARY on CI runners
+    try:
+        max_shard = shard_size(args) or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
+        shards = shard_layout(plan, max_shard)
+        summary = {
+            "merge_method": spec.merge_method,
+            "models": [{"name": m.name, "revision": m.revision, **_adapter_json(m)} for m in plan.models],
+            "layers": plan.num_layers,
+            "tensors": len(plan.tensors),
+            "output_bytes": plan.total_bytes,
+            "input_bytes": plan.input_bytes,
+            "shards": [{"file": s.filename, "tensors": len(s.entries), "bytes": s.data_bytes} for s in shards],
+        }
+        if args.json:
+            summary["plan"] = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
+                                "inputs": [plan.models[i.model].name for i in t.inputs],
+                                "base": plan.models[t.base.model].name if t.base else None,
+                                "params": t.kwargs} for t in plan.tensors]
+            print(json.dumps(summary, indent=2, default=str))
+            return 0
+        print(f"spec ok: {spec.merge_method} of {len(plan.models)} models, {plan.num_layers} layers")
+        for m in plan.models:
+            print(f"  {m.name}" + (f" @ {m.revision}" if m.revision else "") + _adapter_text(m))
+        print(f"{len(plan.tensors)} output tensors, {format_size(plan.total_bytes)} in {len(shards)} shard(s); "
+              f"reads {format_size(plan.input_bytes)}")
+        width = max(len(t.name) for t in plan.tensors)
+        for t in plan.tensors:
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.kwargs.items())
+            print(f"  {t.name:<{width}}  {str(list(t.shape)):<14} {t.dtype:<5} {params}")
+        return 0
+    finally:
+        for m in plan.models:
+            m.close()
+
+
+def _validate_stages(args, stages) -> int:
+    """Plans every stage that reads only existing models; the others are planned when their inputs exist."""
+    base_dir = Path(args.spec).resolve().parent
+    for stage in stages:
+        if stage.needs:
+            print(f"stage {stage.name}: {stage.spec.merge_method} of the outputs of {', '.join(stage.needs)} "
+                  "(planned when they have been merged)")
+            continue
+        plan = plan_spec(stage.spec, base_dir=base_dir, hub=hub_of(args), allow_pickle=args.allow_pickle)
+        try:
+            print(f"stage {stage.name}: {stage.spec.merge_method} of {len(plan.models)} models, "
+                  f"{len(plan.tensors)} output tensors, {format_size(plan.total_bytes)}")
+        finally:
+            for m in plan.models:
+                m.close()
+    print(f"spec ok: {len(stages)} stages, run in this order: {' -> '.join(s.name for s in stages)}")
+    return 0
+
+
+def _adapter_json(model) -> dict:
+    adapter = model.extra.get("adapter")
+    return {"adapter": {"name": adapter.name, "revision": adapter.revision}} if adapter is not None else {}
+
+
+def _adapter_text(model) -> str:
+    adapter = model.extra.get("adapter")
+    if adapter is None:
+        return ""
+    return f" + adapter {adapter.name}" + (f" @ {adapter.revision}" if adapter.revision else "")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_demo(args) -> int:
+    from importlib import resources
+
+    from hubmerge.demo import make_family
+    from hubmerge.spec.parse import parse_spec
+
+    root = Path(args.output).resolve()
+    inputs = root / "inputs"
+    if inputs.exists():
+        shutil.rmtree(inputs)
+    make_family(inputs)
+    text = resources.files("hubmerge").joinpath("demo.yml").read_text()
+    spec_path = root / "demo.yml"
+    spec_path.write_text(text)
+    spec = parse_spec(text, source=str(spec_path))
+    out = root / "merged"
+    options = MergeOptions(base_dir=root, overwrite=True, show_progress=not args.quiet)
+    result = run_merge(spec, out, options, card_writer=lambda plan, digest, folder: write_card(
+        plan, digest, folder, title="hubmerge-demo"))
+    print(f"demo: merged {len(result.plan.models)} tiny models with {spec.merge_method} into {result.output}")
+    print(f"      card: {result.output / 'README.md'}")
+    print(f"      content hash: {result.content_hash}")
+    return 0
+
