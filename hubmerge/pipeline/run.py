@@ -91,6 +91,8 @@ def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
         h.update(f"{m.name}@{m.revision}\n".encode())
         if m.extra.get("adapter") is not None:  # model+adapter: the adapter is part of the input
             h.update(f"{m.extra['adapter'].identity}\n".encode())
+        if m.extra.get("moe") is not None:  # MoE experts assembled from pieces: where each piece is
+            h.update(f"moe:{m.extra['moe']}\n".encode())
         for name in sorted(m.tensors):
             i = m.tensors[name]
             h.update(f"{name}:{i.file}:{i.dtype}:{i.shape}:{i.start}:{i.end}\n".encode())
