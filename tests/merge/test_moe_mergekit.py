@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from helpers import load_folder
-from hubmerge.merge.run import MergeOptions, run_merge
-from hubmerge.sources.model import open_model
+from moe_models import build, config_of, fused_copy, load_check
+
+from hubmerge.pipeline.run import MergeOptions, run_merge
+from hubmerge.sources.open import open_model
 from hubmerge.spec import parse_spec
 from hubmerge.spec.model import ModelRef
-from moe_models import build, config_of, fused_copy, load_check
 
 pytestmark = pytest.mark.mergekit
 

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_folder, publish_folder
 from safetensors.torch import save_file
 
-from helpers import load_folder, publish_folder
 from hubmerge.cli import main
 from hubmerge.errors import SourceError
 from hubmerge.hub import Hub
-from hubmerge.merge.run import MergeOptions, run_merge
-from hubmerge.sources.model import open_model
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.sources.moe import AssembledTensorInfo
+from hubmerge.sources.open import open_model
 from hubmerge.spec import parse_spec
 from hubmerge.spec.model import ModelRef
 
-E, I, H = 3, 6, 4
+E, INTER, H = 3, 6, 4  # experts, expert intermediate size, hidden size
 CONFIG = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_hidden_layers": 2,
-          "hidden_size": H, "intermediate_size": I, "num_local_experts": E, "vocab_size": 8}
+          "hidden_size": H, "intermediate_size": INTER, "num_local_experts": E, "vocab_size": 8}
 
 
 def mixtral_tensors(seed: int) -> dict[str, torch.Tensor]:
@@ -34,7 +34,7 @@ def mixtral_tensors(seed: int) -> dict[str, torch.Tensor]:
         out[p + "self_attn.q_proj.weight"] = torch.randn(H, H, generator=gen)
         out[p + "block_sparse_moe.gate.weight"] = torch.randn(E, H, generator=gen)
         for e in range(E):
-            for w, shape in (("w1", (I, H)), ("w2", (H, I)), ("w3", (I, H))):
+            for w, shape in (("w1", (INTER, H)), ("w2", (H, INTER)), ("w3", (INTER, H))):
                 out[p + f"block_sparse_moe.experts.{e}.{w}.weight"] = torch.randn(shape, generator=gen)
     return {k: v.to(torch.bfloat16) for k, v in out.items()}
 
@@ -97,7 +97,7 @@ def test_view_is_planned_from_headers_alone(tmp_path):
         start = 8 + int.from_bytes(raw[:8], "little")
         path.write_bytes(bytes(raw[:start]) + bytes(len(raw) - start))
         fused = source.reader.read(source.tensors["model.layers.0.mlp.experts.down_proj"])
-        assert fused.shape == (E, H, I) and not fused.any()
+        assert fused.shape == (E, H, INTER) and not fused.any()
     finally:
         source.close()
 
@@ -134,8 +134,8 @@ def test_missing_expert_names_the_checkpoint_tensor(tmp_path):
 
 
 @pytest.mark.parametrize("shape, match", [
-    ((H + 1, I), r"experts\.2\.w2\.weight' has shape \[5, 6\], expert 0's has \[4, 6\]"),
-    ((H, I + 1), r"experts\.2\.w2\.weight' is BF16 \[4, 7\], which does not stack with '.*experts\.0\.w2\.weight'"),
+    ((H + 1, INTER), r"experts\.2\.w2\.weight' has shape \[5, 6\], expert 0's has \[4, 6\]"),
+    ((H, INTER + 1), r"experts\.2\.w2\.weight' is BF16 \[4, 7\], which does not stack with '.*experts\.0\.w2\.weight'"),
 ])
 def test_experts_of_different_shapes_are_refused(tmp_path, shape, match):
     tensors = mixtral_tensors(5)
@@ -145,7 +145,7 @@ def test_experts_of_different_shapes_are_refused(tmp_path, shape, match):
 
 def test_checkpoint_mixing_both_layouts_is_refused(tmp_path):
     tensors = mixtral_tensors(6)
-    tensors["model.layers.0.mlp.experts.down_proj"] = torch.zeros(E, H, I, dtype=torch.bfloat16)
+    tensors["model.layers.0.mlp.experts.down_proj"] = torch.zeros(E, H, INTER, dtype=torch.bfloat16)
     _refused(tmp_path, tensors, "mixes the two MoE layouts")
 
 
@@ -165,5 +165,5 @@ def test_validate_lists_the_fused_tensors(tmp_path, capsys):
     (tmp_path / "spec.yml").write_text("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n")
     assert main(["validate", str(tmp_path / "spec.yml"), "--json", "-q"]) == 0
     planned = {t["name"]: t["shape"] for t in json.loads(capsys.readouterr().out)["plan"]}
-    assert planned["model.layers.1.mlp.experts.gate_up_proj"] == [E, 2 * I, H]
+    assert planned["model.layers.1.mlp.experts.gate_up_proj"] == [E, 2 * INTER, H]
     assert not [n for n in planned if "block_sparse_moe" in n]
