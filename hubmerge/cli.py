@@ -178,10 +178,49 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--anchors", type=int, default=None, metavar="K", help="only K fixed random items per evaluation")
     add(ea, "seed", "device", "eval_dtype", "batch_size", "json", *HUB, *COMMON)
 
+    _tool_parsers(sub)
+
     d = sub.add_parser("demo", help="build tiny models and merge them, offline")
     add(d, "output", default="hubmerge-demo", help="demo folder (default: ./hubmerge-demo)")
     add(d, *COMMON)
     return parser
+
+
+def _tool_parsers(sub) -> None:
+    """``extract-lora`` and ``tokensurgeon``: a recipe file, or the recipe's fields as options."""
+    from hubmerge.spec.tools import APPROXIMATIONS, SUBWORD_METHODS
+
+    e = sub.add_parser("extract-lora", help="extract a PEFT LoRA adapter (fine-tune minus base, truncated SVD)")
+    e.add_argument("recipe", nargs="?", default=None, help="a recipe file ('extract_lora:' ...) instead of options")
+    e.add_argument("--model", help="the fine-tune: org/name[@revision] or a local folder")
+    e.add_argument("--base", "--base-model", dest="base", help="the model it was fine-tuned from")
+    e.add_argument("--rank", "--max-rank", dest="rank", type=int, default=None,
+                   help="the most a module keeps (default 128, as mergekit); a smaller matrix keeps its full rank")
+    e.add_argument("--sv-epsilon", type=float, default=None,
+                   help="keep only singular values above this (the rank is then chosen per module)")
+    e.add_argument("--embed-lora", action="store_true", help="decompose embeddings and the output head too")
+    e.add_argument("--save-module", action="append", dest="save_modules", metavar="NAME",
+                   help="save this module in full (modules_to_save), e.g. lm_head; repeatable")
+    e.add_argument("--include", "--include-regex", action="append", metavar="REGEX",
+                   help="only modules whose name matches; repeatable")
+    e.add_argument("--exclude", "--exclude-regex", action="append", metavar="REGEX",
+                   help="leave out modules whose name matches; repeatable")
+    e.add_argument("--no-distribute-scale", action="store_true",
+                   help="put the singular values on A only (default: sqrt on both factors)")
+    e.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="adapter dtype (default: the fine-tune's)")
+    t = sub.add_parser("tokensurgeon", help="give a model another model's tokenizer, approximating new tokens")
+    t.add_argument("recipe", nargs="?", default=None, help="a recipe file ('tokensurgeon:' ...) instead of options")
+    t.add_argument("--model", help="the model whose weights are kept")
+    t.add_argument("--donor", help="the model whose tokenizer it gets")
+    t.add_argument("--method", "--approximation-method", "-a", choices=APPROXIMATIONS, default=None,
+                   help="rows for tokens the model lacks (default omp, as mergekit)")
+    t.add_argument("-k", "--k", type=int, default=None, help="shared tokens per new token for omp (default 64)")
+    t.add_argument("--subword-method", choices=SUBWORD_METHODS, default=None, help="for --method subword")
+    add(t, "max_shard_size")
+    for p in (e, t):
+        add(p, "output", required=True)
+        add(p, "device", "overwrite", "allow_pickle", *HUB, *COMMON)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from hubmerge import commands
 
-        name = args.command + (f"_{args.webhook_command}" if args.command == "webhook" else "")
+        name = args.command.replace("-", "_") + (f"_{args.webhook_command}" if args.command == "webhook" else "")
         return getattr(commands, f"cmd_{name}")(args)
     except HubmergeError as exc:
         if args.debug:

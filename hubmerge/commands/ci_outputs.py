@@ -188,9 +188,9 @@ def lineage_block(sources: list[Source], target: str, *, revision: str | None = 
 
 
 def sources_of_plan(plan) -> list[Source]:
-    base = plan.spec.base_model
+    base = getattr(plan.spec, "base_model", None)
     out = []
-    for m in plan.models:
+    for m in getattr(plan, "models", None) or plan.sources:  # a merge plan, or a tool job's plan
         role = "base" if base is not None and m.ref == base else "model"
         out.append(Source(m.name, m.revision, bool(m.is_hub), role))
     return out

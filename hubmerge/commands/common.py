@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hubmerge.errors import SpecError
 from hubmerge.hub import Hub
 from hubmerge.hub.recipes import spec_from_repo
 from hubmerge.spec import load_spec, parse_size
@@ -23,3 +24,13 @@ def spec_or_repo(args, hub=None):
     if path.exists() or hub is None or "/" not in args.spec or args.spec.endswith((".yml", ".yaml")):
         return load_spec(path), path.resolve().parent
     return spec_from_repo(hub, args.spec), None
+
+
+def merge_only(spec, what: str) -> None:
+    """Refuse an extract_lora / tokensurgeon recipe where only merge specs make sense (parts, evolve...)."""
+    from hubmerge.spec.tools import is_tool_spec
+
+    if is_tool_spec(spec):
+        command = spec.tool.replace("_", "-")
+        raise SpecError(f"{what} works on merge specs, not on {spec.tool} recipes",
+                        hint=f"run the recipe with 'hubmerge merge', 'hubmerge push' or 'hubmerge {command}'")

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from hubmerge.commands.common import hub_of
+from hubmerge.commands.common import hub_of, merge_only
 from hubmerge.spec import load_spec, parse_size
 
 
@@ -17,6 +17,7 @@ def cmd_evolve(args) -> int:
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
+    merge_only(spec, "hubmerge evolve")
     stem = spec_path.stem
     out = Path(args.output or f"evolved-{stem}")
     storage = args.storage or f"sqlite:///{out.resolve().parent / (out.name + '-study.db')}"

@@ -14,6 +14,7 @@ from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE
 from hubmerge.pipeline.card import write_card
 from hubmerge.pipeline.run import MergeOptions, plan_spec, run_merge, shard_layout
 from hubmerge.spec import format_size
+from hubmerge.spec.tools import is_tool_spec
 
 logger = logging.getLogger("hubmerge")
 
@@ -23,6 +24,8 @@ def cmd_merge(args) -> int:
     from hubmerge.spec.stages import load_stages
 
     stages = load_stages(args.spec)
+    if is_tool_spec(stages[0].spec):  # an extract_lora / tokensurgeon recipe (never a multi-stage file)
+        return _run_tool(args, stages[0].spec)
     options = MergeOptions(device=args.device, max_shard_size=shard_size(args), resume=args.resume,
                            overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
                            show_progress=not args.quiet, allow_pickle=args.allow_pickle)
@@ -35,10 +38,28 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def _run_tool(args, spec) -> int:
+    from hubmerge.pipeline.tools import ToolRun, run_tool
+
+    run = ToolRun(device=args.device, overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
+                  show_progress=not args.quiet, allow_pickle=args.allow_pickle, max_shard_size=shard_size(args))
+    result = run_tool(spec, args.output, run, hub=hub_of(args))
+    logger.info("wrote %s (%s): %.1f s, %s", result.output, spec.tool, result.seconds, result.content_hash)
+    return 0
+
+
 def cmd_validate(args) -> int:
     from hubmerge.spec.stages import load_stages
 
     stages = load_stages(args.spec)
+    if is_tool_spec(stages[0].spec):
+        from hubmerge.pipeline.tools import plan_summary
+
+        summary = plan_summary(stages[0].spec, base_dir=Path(args.spec).resolve().parent, hub=hub_of(args),
+                               allow_pickle=args.allow_pickle)
+        print(json.dumps(summary, indent=2) if args.json else
+              f"recipe ok: {summary.pop('tool')}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+        return 0
     if len(stages) > 1:
         return _validate_stages(args, stages)
     spec = stages[0].spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from hubmerge.commands import ci_outputs
-from hubmerge.commands.common import hub_of, shard_size, spec_or_repo
+from hubmerge.commands.common import hub_of, merge_only, shard_size, spec_or_repo
 from hubmerge.spec import format_size
 
 
@@ -14,6 +14,8 @@ def cmd_push(args) -> int:
 
     hub = hub_of(args)
     spec, base_dir = spec_or_repo(args, hub)
+    if args.open_pr or args.part or args.gate_eval:
+        merge_only(spec, "--gate-eval" if args.gate_eval else "--open-pr / --part")
     if args.open_pr or args.part:
         return _push_parts(args, hub, spec, base_dir)
     previous = ci_outputs.before_push(hub, spec, args.repo)  # CI runners only: the card's pins before pushing
@@ -60,6 +62,7 @@ def cmd_plan(args) -> int:
 
     hub = hub_of(args)
     spec, base_dir = spec_or_repo(args, hub)
+    merge_only(spec, "hubmerge plan")
     doc = plan_parts(spec, args.parts, hub=hub, max_shard_size=shard_size(args), base_dir=base_dir)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -75,6 +78,7 @@ def cmd_finalize(args) -> int:
 
     hub = hub_of(args)
     spec, base_dir = spec_or_repo(args, hub)
+    merge_only(spec, "hubmerge finalize")
     url = finalize(spec, args.pr, hub=hub, repo_id=args.repo, base_dir=base_dir)
     print(f"finalized: {url}")
     return 0

@@ -101,8 +101,13 @@ def _read_text(model, name: str) -> str | None:
 
 def parent_cards(plan: MergePlan) -> list[ParentCard]:
     """The card of every input model (read through the Hub facade or from the local folder), by name."""
+    return parent_cards_of(plan.models)
+
+
+def parent_cards_of(models: list[ModelSource]) -> list[ParentCard]:
+    """``parent_cards`` of any opened inputs (a tool job's models)."""
     out: dict[str, ParentCard] = {}
-    for m in plan.models:
+    for m in models:
         if m.name in out:
             continue
         try:
@@ -154,12 +159,21 @@ def decide_license(override: str | None, parents: list[ParentCard]) -> LicenseDe
 
 def pinned_recipe_block(plan: MergePlan, digest: str | None, *, device: str = "cpu") -> dict[str, Any]:
     """The recipe with every Hub source pinned to its commit SHA, plus what is needed to verify it."""
+    return pinned_block(plan.spec.raw, plan.models, digest, dtype=plan.tensors[0].dtype if plan.tensors else None,
+                        device=device)
+
+
+def pinned_block(raw: dict[str, Any], models: list[ModelSource], digest: str | None, *, dtype: str | None,
+                 device: str = "cpu") -> dict[str, Any]:
+    """``raw`` (a recipe as written) with every Hub model and adapter among ``models`` pinned, plus the
+    content hash, dtype, device class and versions."""
     import safetensors
     import torch
 
-    pins = {m.name: m.revision for m in plan.models if m.is_hub and m.revision}
-    pins.update({a.name: a.revision for a in _adapters(plan) if a.is_hub and a.revision})
-    recipe = pinned_document(plan.spec.raw, pins)
+    pins = {m.name: m.revision for m in models if m.is_hub and m.revision}
+    adapters = [m.extra["adapter"] for m in models if m.extra.get("adapter") is not None]
+    pins.update({a.name: a.revision for a in adapters if a.is_hub and a.revision})
+    recipe = pinned_document(raw, pins)
     options = dict(recipe.get("hubmerge") or {})
     for recorded in ("pinned", "content_hash", "versions", "device", "generated"):
         options.pop(recorded, None)
@@ -170,7 +184,7 @@ def pinned_recipe_block(plan: MergePlan, digest: str | None, *, device: str = "c
     return {
         "recipe": recipe,
         "content_hash": digest,
-        "dtype": plan.tensors[0].dtype if plan.tensors else None,
+        "dtype": dtype,
         "device": "cuda" if device.startswith("cuda") else "cpu",
         "versions": {"hubmerge": __version__, "torch": torch.__version__.split("+")[0],
                      "safetensors": safetensors.__version__, "python": platform.python_version()},
@@ -205,7 +219,7 @@ def card_metadata(plan: MergePlan, digest: str | None, *, device: str = "cpu",
     if decision.mixed and not spec.hubmerge.license and warn:
         logger.warning("the parents' licenses %s; the card says 'license: other' with a table of them. "
                        "Set 'hubmerge: {license: ...}' in the spec once you know the license that applies",
-                       _license_summary(decision.table))
+                       license_summary(decision.table))
     meta: dict[str, Any] = dict(decision.metadata)
     if hub_ids:
         meta["base_model"] = hub_ids
@@ -219,7 +233,7 @@ def card_metadata(plan: MergePlan, digest: str | None, *, device: str = "cpu",
     return meta
 
 
-def _license_summary(table: list[tuple[str, str | None]]) -> str:
+def license_summary(table: list[tuple[str, str | None]]) -> str:
     known = {lic for _, lic in table if lic}
     unknown = [name for name, lic in table if not lic]
     parts = []
@@ -234,7 +248,7 @@ def _license_summary(table: list[tuple[str, str | None]]) -> str:
 # Body
 
 
-def _link(name: str, revision: str | None, endpoint: str) -> str:
+def source_link(name: str, revision: str | None, endpoint: str) -> str:
     if revision:
         return f"[{name}]({endpoint}/{name}/tree/{revision})"
     return f"`{name}`"
@@ -295,7 +309,7 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
         if s.layers:
             params = ", ".join(filter(None, ["layers " + ", ".join(f"{a}-{b}" for a, b in s.layers), params]))
         license_ = (parent.license if parent is not None else None) or "unknown"
-        cells = [_link(s.path, revision, endpoint), role, f"`{revision[:12]}`" if revision else "local", license_,
+        cells = [source_link(s.path, revision, endpoint), role, f"`{revision[:12]}`" if revision else "local", license_,
                  params or "—"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
 

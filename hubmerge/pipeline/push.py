@@ -18,8 +18,10 @@ from hubmerge.errors import HubError, SpecError
 from hubmerge.hub.client import Hub, hub_errors
 from hubmerge.pipeline.card import write_card
 from hubmerge.pipeline.run import MergeOptions, MergeResult, run_merge
+from hubmerge.pipeline.tools import ToolRun, describe, run_tool
 from hubmerge.spec.frontmatter import recorded_block
 from hubmerge.spec.model import MergeSpec
+from hubmerge.spec.tools import is_tool_spec
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +91,17 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-push-", dir=workdir) as tmp:
         out = Path(tmp) / "out"
-        options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
-                               show_progress=show_progress, on_shard=upload_shard, allow_pickle=allow_pickle)
-        result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
-            plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device, repo_id=repo_id,
-            hub=hub))
+        if is_tool_spec(spec):  # an extract_lora / tokensurgeon recipe
+            run = ToolRun(device=device, base_dir=base_dir, show_progress=show_progress, allow_pickle=allow_pickle,
+                          max_shard_size=max_shard_size, on_shard=upload_shard, title=repo_id.split("/")[-1],
+                          repo_id=repo_id, existing_card=old_readme)
+            result = run_tool(spec, out, run, hub=hub)
+        else:
+            options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
+                                   show_progress=show_progress, on_shard=upload_shard, allow_pickle=allow_pickle)
+            result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
+                plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device,
+                repo_id=repo_id, hub=hub))
 
         if decorate is not None:
             decorate(out)
@@ -115,7 +123,8 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         for stale in sorted(old_files - new_names):
             if stale.endswith(WEIGHT_SUFFIXES) or stale in GENERATED_FILES:
                 operations.append(CommitOperationDelete(path_in_repo=stale))
-        message = commit_message or f"hubmerge: {spec.merge_method} merge ({result.content_hash[7:19]})"
+        label = f"{spec.tool} job" if is_tool_spec(spec) else f"{spec.merge_method} merge"
+        message = commit_message or f"hubmerge: {label} ({result.content_hash[7:19]})"
         title, _, details = message.partition("\n")
         description = (details.strip() + "\n\n" if details.strip() else "") + _description(result)
         with hub_errors(f"committing to {repo_id}"):
@@ -127,6 +136,8 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
 
 
 def _description(result: MergeResult) -> str:
+    if not isinstance(result, MergeResult):  # a tool's output
+        return describe(result)
     lines = [f"Merged with hubmerge ({result.plan.method.name}).", "", "Sources:"]
     for m in result.plan.models:
         lines.append(f"- {m.name}" + (f"@{m.revision}" if m.revision else ""))

@@ -18,10 +18,12 @@ from hubmerge.errors import HubmergeError, SourceError
 from hubmerge.output.shards import content_hash, tensor_bytes, tensor_digest
 from hubmerge.pipeline.card import card_text, write_card
 from hubmerge.pipeline.run import MergeOptions, MergeResult, plan_spec, run_merge
+from hubmerge.pipeline.tools import ToolRun, run_tool
 from hubmerge.sources.model import ModelSource, looks_like_repo_id, open_local_model
 from hubmerge.sources.open import open_model
 from hubmerge.spec.cards import MERGEKIT_CONFIG, CardInfo, card_info, find_recipe
 from hubmerge.spec.model import MergeSpec, ModelRef
+from hubmerge.spec.tools import is_tool_spec
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,10 @@ def reproduce(target: str, out: str | Path | None = None, *, hub: Any, device: s
     if source.folder is not None and out.resolve() == source.folder:
         raise HubmergeError(f"the output folder {out} is the folder being reproduced",
                             hint="pass another folder with -o")
+    if is_tool_spec(recipe.spec):  # an extracted adapter or a tokenizer transplant
+        run = ToolRun(device=device, overwrite=overwrite, base_dir=recipe.base_dir, show_progress=show_progress,
+                      allow_pickle=allow_pickle, max_shard_size=max_shard_size, title=out.name)
+        return run_tool(recipe.spec, out, run, hub=hub), recipe
     options = MergeOptions(device=device, overwrite=overwrite, base_dir=recipe.base_dir,
                            max_shard_size=max_shard_size, show_progress=show_progress, allow_pickle=allow_pickle)
     result = run_merge(recipe.spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
@@ -218,27 +224,45 @@ def verify(target: str, *, hub: Any, device: str | None = None, show_progress: b
     _warn_unpinned(recipe)
     device = device or _recorded_device(recipe.recorded.get("device"))
 
-    model = source.open_model(hub)
+    tool = is_tool_spec(recipe.spec)
+    adapter = tool and recipe.spec.tool == "extract_lora"
+    model = _open_adapter(source, hub) if adapter else source.open_model(hub)
     try:
         published = tensor_digests(model)
     finally:
-        model.close()
+        model.reader.close()
     published_hash = content_hash(published)
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-verify-", dir=workdir) as tmp:
         out = Path(tmp) / "merged"
-        options = MergeOptions(device=device, base_dir=recipe.base_dir, show_progress=show_progress,
-                               allow_pickle=allow_pickle)
-        result = run_merge(recipe.spec, out, options, hub=hub)
-        check = VerifyResult(source.display, recorded, result.content_hash, published_hash,
-                             tensors=len(result.plan.tensors))
+        if tool:  # the tool's digests come with its result: nothing to read back
+            run = ToolRun(device=device, base_dir=recipe.base_dir, show_progress=show_progress,
+                          allow_pickle=allow_pickle)
+            done = run_tool(recipe.spec, out, run, hub=hub, card=False)
+            check = VerifyResult(source.display, recorded, done.content_hash, published_hash,
+                                 tensors=len(done.digests))
+            merged = {k: bytes.fromhex(v) for k, v in done.digests.items()}
+        else:
+            options = MergeOptions(device=device, base_dir=recipe.base_dir, show_progress=show_progress,
+                                   allow_pickle=allow_pickle)
+            result = run_merge(recipe.spec, out, options, hub=hub)
+            check = VerifyResult(source.display, recorded, result.content_hash, published_hash,
+                                 tensors=len(result.plan.tensors))
+            merged = None if check.ok else folder_digests(out)
         if check.ok:
             return check
-        merged = folder_digests(out)
     check.differing = sorted(n for n in merged.keys() & published.keys() if merged[n] != published[n])
     check.missing = sorted(merged.keys() - published.keys())
     check.extra = sorted(published.keys() - merged.keys())
     return check
+
+
+def _open_adapter(source: CardSource, hub: Any):
+    """The published adapter of an extract_lora repo or folder (its tensors and a reader)."""
+    from hubmerge.sources.lora import open_adapter
+
+    ref = ModelRef(source.name, source.revision) if source.is_hub else ModelRef(str(source.folder))
+    return open_adapter(ref, hub=hub)
 
 
 def _recorded_device(recorded: Any) -> str:
@@ -279,6 +303,9 @@ def regenerate_card(target: str, *, hub: Any, title: str | None = None, repo_id:
         raise SourceError(f"{target}: no such spec file or folder",
                           hint="pass a spec (YAML) or a folder holding a merge output")
     repo_id = repo_id or spec.hubmerge.target
+    if is_tool_spec(spec):
+        raise HubmergeError(f"hubmerge card does not regenerate {spec.tool} cards; the card is written with the "
+                            "output", hint="run the recipe again (hubmerge merge / push) to rewrite it")
     plan = plan_spec(spec, base_dir=base_dir, hub=hub)
     try:
         card = card_text(plan, digest, title=title or default_title, device=device, repo_id=repo_id, hub=hub,

@@ -191,6 +191,8 @@ def plan_folds(adapter_tensors: dict[str, TensorInfo], config: AdapterConfig, mo
             raise SourceError(f"{where}: unknown kind of LoRA tensor",
                               hint="only lora_A/lora_B and lora_embedding_A/B tensors can be folded")
         target = name.replace(".base_layer.", ".").replace(".modules_to_save.", ".")
+        if target not in model and _tied_head(target, adapter_tensors, model):
+            continue  # a tied-embedding model's head, saved beside its embedding (PEFT ensure_weight_tying)
         if target not in model:
             raise SourceError(f"{where} replaces '{target}', which is not a tensor of {model_name}", hint=hint)
         if model[target].shape != info.shape:
@@ -238,6 +240,19 @@ def plan_folds(adapter_tensors: dict[str, TensorInfo], config: AdapterConfig, mo
                               f"{list(base.shape)} of {model_name}", hint=hint)
         folds[target] = Fold(target, entry.get("replacement"), a, b, scaling, transpose)
     return folds
+
+
+_HEADS = ("lm_head.weight", "embed_out.weight")
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
+
+
+def _tied_head(target: str, adapter_tensors: dict[str, TensorInfo], model: dict[str, TensorInfo]) -> bool:
+    """An output head the model does not store (it is tied to the input embedding), saved by the adapter
+    together with a replacement of that embedding: folding the embedding covers it."""
+    if not target.endswith(_HEADS):
+        return False
+    embeds = [n for n in model if n.endswith(_EMBEDDINGS) and ".layers." not in n]
+    return bool(embeds) and any(f"{PEFT_PREFIX}{e}" in adapter_tensors or e in adapter_tensors for e in embeds)
 
 
 class LoraFoldingReader:

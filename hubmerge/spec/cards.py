@@ -147,6 +147,10 @@ def recipe_parents(recipe: dict[str, Any]) -> list[RecipeParent]:
 
     if not isinstance(recipe, dict):
         return []
+    from hubmerge.spec.tools import tool_parents
+
+    for raw, role in tool_parents(recipe):  # extract_lora / tokensurgeon recipes
+        add(raw, role)
     if recipe.get("base_model") is not None:
         add(recipe["base_model"], "base")
     container(recipe)
@@ -239,6 +243,9 @@ def parents_of(info: CardInfo) -> list[ParentLink]:
     found = find_recipe(info)
     if found is not None:
         _, recipe = found
+        tool_links = _tool_links(recipe)
+        if tool_links is not None:
+            return tool_links
         method = str(recipe.get("merge_method", "?"))
         links = []
         for p in recipe_parents(recipe):
@@ -266,3 +273,27 @@ def parents_of(info: CardInfo) -> list[ParentLink]:
         if ref is not None:
             out.append(ParentLink(ref[0], ref[1], relation, relation))
     return out
+
+
+def _tool_links(recipe: dict[str, Any]) -> list[ParentLink] | None:
+    """Parents of an ``extract_lora`` / ``tokensurgeon`` recipe's output; None for a merge recipe."""
+    from hubmerge.spec.tools import DEFAULT_RANK, EXTRACT_LORA, tool_of
+
+    tool = tool_of(recipe)
+    if tool is None:
+        return None
+    body = recipe.get(tool) if isinstance(recipe.get(tool), dict) else {}
+    rank = f"rank <= {body.get('rank', DEFAULT_RANK)}"
+    if tool == EXTRACT_LORA and body.get("sv_epsilon"):
+        rank += f", sv_epsilon {body['sv_epsilon']}"
+    labels = {"base": ("adapter", "adapter of (base)"), "fine-tune": ("extracted", f"LoRA extracted ({rank})"),
+              "model": ("finetune", f"tokenizer transplant ({body.get('method', 'omp')})"),
+              "donor": ("tokenizer", "tokenizer donor")}
+    links = []
+    for p in recipe_parents(recipe):
+        if p.roles == ["adapter"]:
+            links.append(ParentLink(p.path, p.revision, "adapter", "adapter (LoRA, folded in)"))
+            continue
+        relation, label = labels.get(p.roles[0], ("finetune", p.roles[0]))
+        links.append(ParentLink(p.path, p.revision, relation, label))
+    return links

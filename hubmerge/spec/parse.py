@@ -22,6 +22,17 @@ from hubmerge.spec.model import (
 )
 from hubmerge.spec.schema import validate_against_schema
 from hubmerge.spec.search import midpoint, spec_search_ranges, substitute
+from hubmerge.spec.tools import (
+    DEFAULT_K,
+    DEFAULT_RANK,
+    EXTRACT_LORA,
+    TOOLS,
+    ExtractLoraSpec,
+    TokensurgeonSpec,
+    ToolSpec,
+    tool_of,
+    tool_schema,
+)
 from hubmerge.spec.validate import check_spec
 from hubmerge.spec.yamlio import load_yaml_documents
 
@@ -54,8 +65,12 @@ def parse_spec(text: str, *, source: str = "spec") -> MergeSpec:
 
 
 def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec:
+    """A merge spec, or (for a document with an ``extract_lora:`` or ``tokensurgeon:`` key) a tool recipe
+    (``hubmerge.spec.tools``), so every command that reads recipes from files and cards takes both."""
     if not isinstance(document, dict):
         raise SpecError(f"{source}: the spec must be a mapping of keys, got {type(document).__name__}")
+    if tool_of(document) is not None:
+        return tool_spec_from_dict(document, source=source)  # type: ignore[return-value]
     validate_against_schema(document, source=source)
     spec = _build(document)
     check_spec(spec)
@@ -285,3 +300,40 @@ def at_midpoints(spec: MergeSpec) -> MergeSpec | None:
     if not found:
         return None
     return spec_from_dict(substitute(spec.raw, {p.path: midpoint(p.range) for p in found}), source="search midpoints")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tool recipes (extract_lora, tokensurgeon)
+
+
+def tool_spec_from_dict(document: dict[str, Any], *, source: str = "recipe") -> ToolSpec:
+    """An ``extract_lora`` / ``tokensurgeon`` recipe (see ``hubmerge.spec.tools``) as its dataclass."""
+    tool = tool_of(document)
+    if tool is None:
+        raise SpecError(f"{source}: not a tool recipe", hint=f"give one of {', '.join(TOOLS)}")
+    others = [k for k in document if k in TOOLS or k == "merge_method"]
+    if len(others) > 1:
+        raise SpecError(f"{source} names both {others[0]} and {others[1]}, but a recipe is one job", path=others[1],
+                        hint="put each job in its own file")
+    validate_against_schema(document, source=source, schema=tool_schema(tool))
+    body = document[tool]
+    options = _options(document.get("hubmerge") or {})
+    if tool == EXTRACT_LORA:
+        for key in ("include", "exclude"):
+            for i, pattern in enumerate(body.get(key) or ()):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise SpecError(f"{pattern!r} is not a valid regular expression ({exc})",
+                                    path=f"{tool}.{key}[{i}]") from None
+        return ExtractLoraSpec(
+            model=_ref(body["model"], f"{tool}.model"), base_model=_ref(body["base_model"], f"{tool}.base_model"),
+            rank=int(body.get("rank", DEFAULT_RANK)), sv_epsilon=float(body.get("sv_epsilon", 0.0)),
+            embed_lora=bool(body.get("embed_lora", False)), save_modules=tuple(body.get("save_modules") or ()),
+            include=tuple(body.get("include") or ()), exclude=tuple(body.get("exclude") or ()),
+            distribute_scale=bool(body.get("distribute_scale", True)), dtype=_dtype(body.get("dtype")),
+            hubmerge=options, raw=document)
+    return TokensurgeonSpec(
+        model=_ref(body["model"], f"{tool}.model"), donor=_ref(body["donor"], f"{tool}.donor"),
+        method=body.get("method", "omp"), k=int(body.get("k", DEFAULT_K)),
+        subword_method=body.get("subword_method", "mean"), hubmerge=options, raw=document)

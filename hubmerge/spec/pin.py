@@ -40,6 +40,9 @@ def map_model_refs(doc: dict[str, Any], fn: RefMap) -> dict[str, Any]:
             for src in s.get("sources") or []:
                 src["model"] = _map_ref(src["model"], fn)
 
+    from hubmerge.spec.tools import map_tool_refs
+
+    map_tool_refs(doc, lambda raw: _map_ref(raw, fn))  # extract_lora / tokensurgeon recipes
     if doc.get("base_model") is not None:
         doc["base_model"] = _map_ref(doc["base_model"], fn)
     models_and_slices(doc)

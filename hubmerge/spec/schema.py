@@ -34,9 +34,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def validate_against_schema(document: Any, *, source: str = "spec") -> None:
-    """Raise a SpecError for the most relevant schema violation, naming its YAML path."""
-    validator = jsonschema.Draft202012Validator(spec_schema())
+def validate_against_schema(document: Any, *, source: str = "spec", schema: dict[str, Any] | None = None) -> None:
+    """Raise a SpecError for the most relevant schema violation, naming its YAML path (``schema``: another
+    schema than the merge spec's, e.g. a tool recipe's)."""
+    validator = jsonschema.Draft202012Validator(spec_schema() if schema is None else schema)
     errors = list(validator.iter_errors(document))
     if not errors:
         return

@@ -44,7 +44,7 @@ def parse_stages(text: str, *, source: str = "spec") -> list[Stage]:
         raise SpecError(f"{source}: the spec is empty", hint="start with 'merge_method: ...'")
     if len(docs) == 1:
         spec = spec_from_dict(docs[0], source=source)
-        return [Stage(spec.name or "merge", spec, ())]
+        return [Stage(getattr(spec, "name", None) or "merge", spec, ())]  # a tool recipe has no stage name
 
     specs: dict[str, MergeSpec] = {}
     unnamed = 0
@@ -56,6 +56,9 @@ def parse_stages(text: str, *, source: str = "spec") -> list[Stage]:
             if where in exc.message:
                 raise
             raise SpecError(f"{where}: {exc.message}", hint=exc.hint) from None
+        if not isinstance(spec, MergeSpec):
+            raise SpecError(f"{where}: an {spec.tool} recipe cannot be a stage of a multi-stage merge",
+                            hint="run it on its own file, then name its output folder as a model")
         if spec.name is None:  # as in mergekit-multi, the one unnamed document is the final merge
             unnamed += 1
         name = spec.name if spec.name is not None else UNNAMED
