@@ -54,11 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("merge", help="merge the models of a spec into a local folder")
-    m.add_argument("spec", help="spec file (mergekit-compatible YAML)")
+    m.add_argument("spec", help="spec file (mergekit-compatible YAML; an MoE recipe runs as 'hubmerge moe')")
     add(m, "output", required=True)
     add(m, "device", "max_shard_size")
     m.add_argument("--resume", action="store_true", help="reuse fully written shards of an interrupted run")
     add(m, "overwrite", "allow_pickle", *HUB, *COMMON)
+
+    mo = sub.add_parser("moe", help="build a mixture of experts from dense fine-tunes (a mergekit-moe recipe)")
+    mo.add_argument("spec", metavar="RECIPE", help="MoE recipe (mergekit-moe YAML: base_model, experts, gate_mode)")
+    add(mo, "output", required=True)
+    add(mo, "device", help="where gate_mode hidden runs the base on the prompts: cpu, cuda or auto (default: cpu)")
+    add(mo, "max_shard_size")
+    mo.add_argument("--resume", action="store_true", help="reuse fully written shards of an interrupted run")
+    add(mo, "overwrite", "allow_pickle", *HUB, *COMMON)
 
     p = sub.add_parser("push", help="merge and push the result to the Hub as one commit")
     p.add_argument("spec", help="spec file, or a Hub repo id whose README holds the recipe under 'hubmerge:'")

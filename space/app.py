@@ -1,5 +1,5 @@
-"""hubmerge as a Hugging Face Space: build a merge recipe, validate it against the parents' headers, merge
-and push it to your namespace as one commit, and re-merge when a parent moves.
+"""hubmerge as a Hugging Face Space: build a merge recipe (or a mixture of experts), validate it against the
+parents' headers, merge and push it to your namespace as one commit, and re-merge when a parent moves.
 
 Run locally:  ``HF_ENDPOINT=... HUBMERGE_LOCAL_OAUTH_TOKEN=hf_... python space/app.py`` (see README.md).
 Import: ``from app import demo`` (a ``gr.Blocks``); ``launch()`` adds the theme and CSS.
@@ -17,6 +17,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import gradio as gr  # noqa: E402
+import app_moe  # noqa: E402
 import space_form as sf  # noqa: E402
 import space_hub as sh  # noqa: E402
 import space_oauth  # noqa: E402
@@ -251,6 +252,8 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     lineage = gr.HTML(elem_id="lineage")
                     card = gr.Markdown(elem_id="card")
+            with gr.Tab("Mixture of experts", id="moe-tab"):
+                app_moe.build_tab(validate, merge)
             with gr.Tab("Check & re-merge", id="check-tab"):
                 gr.Markdown("Is a merge made by hubmerge still built from its parents' latest commits? Parents "
                             "named without a pinned revision track their branch; **Re-merge** pushes one commit "

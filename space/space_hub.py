@@ -175,7 +175,7 @@ def validate(text: str, *, token: str | None = None, repo_name: str = "") -> Val
                 problems.append(f"{ref}: {exc}")
         if len(sources) == len(spec.referenced_models()):  # plan only when every parent could be opened
             try:
-                plan = build_plan(spec, sources)
+                plan = _plan(spec, sources)
             except HubmergeError as exc:
                 problems.append(str(exc))
             else:
@@ -184,6 +184,14 @@ def validate(text: str, *, token: str | None = None, repo_name: str = "") -> Val
         for s in sources.values():
             s.close()
     return _validation(problems, notes, summary, token)
+
+
+def _plan(spec, sources: dict[ModelRef, ModelSource]):
+    if spec.merge_method == "moe":  # a mixture-of-experts recipe
+        from hubmerge.merge.moe.plan import MoEPlanner
+
+        return MoEPlanner(spec, sources).plan()
+    return build_plan(spec, sources)
 
 
 def plan_summary(spec: MergeSpec, plan: MergePlan) -> dict[str, Any]:
@@ -199,6 +207,7 @@ def plan_summary(spec: MergeSpec, plan: MergePlan) -> dict[str, Any]:
         "shards": len(shards),
         "estimated_seconds": round(estimate_seconds(plan), 1),
         "dtype": plan.tensors[0].dtype if plan.tensors else None,
+        "moe": f"{plan.family.display}, {len(spec.experts)} experts" if spec.merge_method == "moe" else None,
     }
 
 
@@ -206,7 +215,9 @@ def _validation(problems: list[str], notes: list[str], summary: dict[str, Any], 
     problems = [redact(p, token) for p in problems]
     lines: list[str] = []
     if "tensors" in summary:
-        lines += [f"### Plan: {summary['merge_method']} of {len(summary['models'])} models",
+        what = (f"mixture of experts ({summary['moe']})" if summary.get("moe")
+                else f"{summary['merge_method']} of {len(summary['models'])} models")
+        lines += [f"### Plan: {what}",
                   "", "| model | revision |", "|---|---|"]
         lines += [f"| {m['name']} | `{(m['revision'] or 'local')[:12]}` |" for m in summary["models"]]
         lines += ["", f"- **{summary['tensors']} tensors** in {summary['layers']} layers, output dtype "

@@ -63,6 +63,10 @@ def cmd_validate(args) -> int:
     if len(stages) > 1:
         return _validate_stages(args, stages)
     spec = stages[0].spec
+    if spec.merge_method == "moe":
+        from hubmerge.commands.moe import validate_moe
+
+        return validate_moe(args, spec)
     from hubmerge.spec.parse import at_midpoints
 
     planned = at_midpoints(spec)

@@ -20,7 +20,16 @@ from hubmerge.hub.client import hub_errors
 from hubmerge.output.lineage import Lineage, LineageEdge, LineageNode
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.model import looks_like_repo_id
-from hubmerge.spec.cards import MERGEKIT_CONFIG, CardInfo, ParentLink, card_info, find_recipe, parents_of, ref_of
+from hubmerge.spec.cards import (
+    MERGEKIT_CONFIG,
+    CardInfo,
+    ParentLink,
+    card_info,
+    find_recipe,
+    parents_of,
+    recipe_file,
+    ref_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +221,7 @@ class LineageBuilder:
     @staticmethod
     def _read_local(folder: Path) -> CardInfo:
         readme = folder / "README.md"
-        config = folder / MERGEKIT_CONFIG
+        config = folder / (recipe_file([p.name for p in folder.iterdir()]) or MERGEKIT_CONFIG)
         return card_info(readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else None,
                          sorted(p.name for p in folder.iterdir()),
                          config.read_text(encoding="utf-8", errors="replace") if config.is_file() else None,
@@ -245,9 +254,9 @@ class LineageBuilder:
             data = self.hub.read_small_file(repo, sha, "README.md", max_bytes=5 * 1024 * 1024)
             readme = data.decode("utf-8", errors="replace") if data is not None else None
         card = card_info(readme, files, source=f"{repo}/README.md")
-        if find_recipe(card) is None and MERGEKIT_CONFIG in files:
+        if find_recipe(card) is None and recipe_file(files):
             self._call()
-            data = self.hub.read_small_file(repo, sha, MERGEKIT_CONFIG, max_bytes=5 * 1024 * 1024)
+            data = self.hub.read_small_file(repo, sha, recipe_file(files), max_bytes=5 * 1024 * 1024)
             card = CardInfo(card.meta, card.body, card.files, data.decode("utf-8", errors="replace") if data else None)
         if sha:
             self.cache.put((self.endpoint, repo, sha), card)

@@ -24,12 +24,12 @@ from hubmerge.output.lineage import Lineage
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.model import ModelSource
 from hubmerge.spec.cards import (
-    MERGEKIT_CONFIG,
     CardInfo,
     card_info,
     find_recipe,
     format_params,
     format_setting,
+    recipe_file,
     recipe_parents,
 )
 from hubmerge.spec.frontmatter import front_matter, split_front_matter
@@ -115,8 +115,8 @@ def parent_cards_of(models: list[ModelSource]) -> list[ParentCard]:
         except HubmergeError:
             files = []
         info = card_info(_read_text(m, "README.md"), files, source=f"{m.name}/README.md")
-        if find_recipe(info) is None and MERGEKIT_CONFIG in files:
-            info = card_info(_read_text(m, "README.md"), files, _read_text(m, MERGEKIT_CONFIG),
+        if find_recipe(info) is None and recipe_file(files):
+            info = card_info(_read_text(m, "README.md"), files, _read_text(m, recipe_file(files)),
                              source=f"{m.name}/README.md")
         folder = None if m.is_hub else getattr(m.reader, "root", None)
         out[m.name] = ParentCard(m.name, m.revision if m.is_hub else None, m.is_hub, info,
@@ -278,40 +278,14 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
     spec = plan.spec
     by_name = {p.name: p for p in parents}
     sources = recipe_parents(recipe)
-    base = next((s for s in sources if "base" in s.roles), None)
-    others = [s for s in sources if s is not base]
 
     lines = [BEGIN, f"# {title}", ""]
-    summary = (f"A **{spec.merge_method}** merge of {len(sources)} model{'s' if len(sources) != 1 else ''}"
-               + (f" on top of `{base.path}`" if base is not None else "")
-               + f", made with [hubmerge]({PROJECT_URL}).")
-    if others:
-        summary += " Merged: " + ", ".join(f"`{s.path}`" for s in others) + "."
-    lines += [summary, "", "## Method", "", _method_line(plan)]
-    shared = recipe.get("parameters")
-    if isinstance(shared, dict) and shared:
-        lines += ["", "Shared parameters: " + ", ".join(f"`{k}={format_setting(v)}`" for k, v in shared.items())
-                  + "."]
-    dtype_bits = [f"`dtype: {recipe['dtype']}`" if recipe.get("dtype") else None,
-                  f"`out_dtype: {recipe['out_dtype']}`" if recipe.get("out_dtype") else None]
-    if any(dtype_bits):
-        lines += ["", "Computed in " + " and ".join(b for b in dtype_bits if b) + "."]
+    if getattr(plan, "kind", "merge") == "moe":  # a mixture of experts: its experts, prompts and router
+        from hubmerge.output.moe_card import moe_sections
 
-    lines += ["", "## Sources", "", "| model | role | revision | license | parameters |", "|---|---|---|---|---|"]
-    for s in sources:
-        parent = by_name.get(s.path)
-        is_hub = parent.is_hub if parent is not None else bool(s.revision)
-        revision = s.revision if is_hub else None
-        role = next((r for r in ("base", "slice", "model", "adapter") if r in s.roles), "model")
-        if role == "adapter":
-            role = "LoRA adapter (folded into its model)"
-        params = format_params(s.params)
-        if s.layers:
-            params = ", ".join(filter(None, ["layers " + ", ".join(f"{a}-{b}" for a, b in s.layers), params]))
-        license_ = (parent.license if parent is not None else None) or "unknown"
-        cells = [source_link(s.path, revision, endpoint), role, f"`{revision[:12]}`" if revision else "local", license_,
-                 params or "—"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines += moe_sections(plan, recipe, by_name, endpoint)
+    else:
+        lines += _merge_sections(plan, recipe, sources, by_name, endpoint)
 
     decision = decide_license(spec.hubmerge.license, parents)
     if decision.table:
@@ -352,6 +326,46 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
               'inputs = tokenizer("The merged model says", return_tensors="pt")',
               "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))", "```", "", END]
     return front_matter(meta) + "\n" + "\n".join(lines) + "\n"
+
+
+def _merge_sections(plan: MergePlan, recipe: dict[str, Any], sources, by_name: dict[str, ParentCard],
+                    endpoint: str) -> list[str]:
+    """Summary, method and sources table of a merge's card (an MoE's: ``moe_card``)."""
+    spec = plan.spec
+    base = next((s for s in sources if "base" in s.roles), None)
+    others = [s for s in sources if s is not base]
+    lines: list[str] = []
+    summary = (f"A **{spec.merge_method}** merge of {len(sources)} model{'s' if len(sources) != 1 else ''}"
+               + (f" on top of `{base.path}`" if base is not None else "")
+               + f", made with [hubmerge]({PROJECT_URL}).")
+    if others:
+        summary += " Merged: " + ", ".join(f"`{s.path}`" for s in others) + "."
+    lines += [summary, "", "## Method", "", _method_line(plan)]
+    shared = recipe.get("parameters")
+    if isinstance(shared, dict) and shared:
+        lines += ["", "Shared parameters: " + ", ".join(f"`{k}={format_setting(v)}`" for k, v in shared.items())
+                  + "."]
+    dtype_bits = [f"`dtype: {recipe['dtype']}`" if recipe.get("dtype") else None,
+                  f"`out_dtype: {recipe['out_dtype']}`" if recipe.get("out_dtype") else None]
+    if any(dtype_bits):
+        lines += ["", "Computed in " + " and ".join(b for b in dtype_bits if b) + "."]
+
+    lines += ["", "## Sources", "", "| model | role | revision | license | parameters |", "|---|---|---|---|---|"]
+    for s in sources:
+        parent = by_name.get(s.path)
+        is_hub = parent.is_hub if parent is not None else bool(s.revision)
+        revision = s.revision if is_hub else None
+        role = next((r for r in ("base", "slice", "model", "adapter") if r in s.roles), "model")
+        if role == "adapter":
+            role = "LoRA adapter (folded into its model)"
+        params = format_params(s.params)
+        if s.layers:
+            params = ", ".join(filter(None, ["layers " + ", ".join(f"{a}-{b}" for a, b in s.layers), params]))
+        license_ = (parent.license if parent is not None else None) or "unknown"
+        cells = [source_link(s.path, revision, endpoint), role, f"`{revision[:12]}`" if revision else "local", license_,
+                 params or "—"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

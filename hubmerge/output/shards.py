@@ -21,7 +21,7 @@ import torch
 
 from hubmerge.errors import OutputError
 from hubmerge.output.shard_file import as_memoryview, open_shard_file
-from hubmerge.sources.safetensors_format import ITEM_SIZES, build_header
+from hubmerge.sources.safetensors_format import DTYPE_NAMES, ITEM_SIZES, build_header
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,15 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return as_memoryview(raw_bytes(tensor))
 
 
-def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data: memoryview | bytes) -> bytes:
+def tensor_hasher(name: str, dtype: str, shape: tuple[int, ...]):
+    """A sha256 fed with a tensor's name, dtype and shape; its bytes follow (see ``tensor_digest``)."""
     h = hashlib.sha256()
     h.update(f"{name}\0{dtype}\0{list(shape)}\0".encode())
+    return h
+
+
+def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data: memoryview | bytes) -> bytes:
+    h = tensor_hasher(name, dtype, shape)
     h.update(data)
     return h.digest()
 
@@ -166,28 +172,52 @@ class ShardWriter:
         self._file = None
         self._current: int | None = None
         self._remaining: list[str] = []
+        self._hash = None  # the digest of the tensor being written, while its parts arrive
+        self._written = 0
 
     def shard_done(self, shard: Shard) -> bool:
         return shard.filename in self.progress.shards
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        index, shard = self._shard_of[name]
-        if self._current != index:
-            self._open(index, shard)
-        if not self._remaining or self._remaining[0] != name:
-            raise OutputError(f"internal error: tensor '{name}' arrived out of order for {shard.filename}")
-        entry = next(e for e in shard.entries if e.name == name)
+        entry = self._entry(name)
         if tuple(tensor.shape) != entry.shape:
             raise OutputError(f"tensor '{name}': merged shape {list(tensor.shape)} differs from planned {list(entry.shape)}")
         raw = raw_bytes(tensor)
         if raw.numel() != entry.nbytes:
             raise OutputError(f"tensor '{name}': {raw.numel()} bytes, planned {entry.nbytes}")
+        self._append(name, entry, raw)
+
+    def write_part(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next part of a tensor's bytes (parts arrive in row-major order, e.g. one expert of a
+        fused MoE tensor at a time); the tensor is complete once all its planned bytes have arrived."""
+        entry = self._entry(name)
+        if DTYPE_NAMES.get(tensor.dtype) != entry.dtype:
+            raise OutputError(f"tensor '{name}': a part of dtype {tensor.dtype} for a planned {entry.dtype} tensor")
+        self._append(name, entry, raw_bytes(tensor))
+
+    def _entry(self, name: str) -> ShardEntry:
+        index, shard = self._shard_of[name]
+        if self._current != index:
+            self._open(index, shard)
+        if not self._remaining or self._remaining[0] != name:
+            raise OutputError(f"internal error: tensor '{name}' arrived out of order for {shard.filename}")
+        return next(e for e in shard.entries if e.name == name)
+
+    def _append(self, name: str, entry: ShardEntry, raw: torch.Tensor) -> None:
+        if self._hash is None:
+            self._hash, self._written = tensor_hasher(entry.name, entry.dtype, entry.shape), 0
+        if self._written + raw.numel() > entry.nbytes:
+            raise OutputError(f"tensor '{name}': {self._written + raw.numel()} bytes, planned {entry.nbytes}")
         self._file.write(raw)
-        data = as_memoryview(raw)
-        self.progress.digests[name] = tensor_digest(name, entry.dtype, entry.shape, data).hex()
+        self._hash.update(as_memoryview(raw))
+        self._written += raw.numel()
+        if self._written < entry.nbytes:
+            return
+        self.progress.digests[name] = self._hash.hexdigest()
+        self._hash = None
         self._remaining.pop(0)
         if not self._remaining:
-            self._finish(shard)
+            self._finish(self._shard_of[name][1])
 
     def _open(self, index: int, shard: Shard) -> None:
         if self._file is not None:

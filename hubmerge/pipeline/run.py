@@ -10,20 +10,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubmerge import __version__
-from hubmerge.merge.executor import StreamingExecutor
+from hubmerge.merge.moe.plan import plan_moe
 from hubmerge.merge.plan import MergePlan, build_plan, output_config
 from hubmerge.merge.tokenizer import write_tokenizer_files
-from hubmerge.output.folder import commit_partial, discard_partial, prepare_partial
-from hubmerge.output.shards import (
-    DEFAULT_MAX_SHARD_SIZE,
-    INDEX_NAME,
-    Progress,
-    ShardEntry,
-    ShardWriter,
-    content_hash,
-    index_document,
-    layout_shards,
-    shard_digests,
+from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE, ShardEntry, layout_shards
+from hubmerge.pipeline import moe
+from hubmerge.pipeline.output_folder import (  # noqa: F401 (MergeOptions, MergeResult, recipe_document: imported from here)
+    MergeOptions,
+    MergeResult,
+    plan_fingerprint,
+    recipe_document,
+    stream_to_folder,
+    write_shard_index,
 )
 from hubmerge.sources.model import ModelSource
 from hubmerge.sources.open import open_model
@@ -31,32 +29,6 @@ from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.yamlio import dump_yaml
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class MergeOptions:
-    device: str = "cpu"
-    max_shard_size: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    base_dir: Path | None = None  # relative model paths are looked up here first
-    show_progress: bool = True
-    prefetch_bytes: int | None = None
-    on_shard: Callable[[Path], None] | None = None  # called with each finished shard (push uploads it)
-    # Write only these shards (one part of a merge split across machines); no config, card or index.
-    only_shards: set[str] | None = None
-    allow_pickle: bool = False  # read pytorch_model*.bin inputs (through torch.load(weights_only=True))
-
-
-@dataclass
-class MergeResult:
-    output: Path
-    plan: MergePlan
-    content_hash: str
-    shards: list[str]
-    files: list[str] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)  # tensor name -> hex digest (see output.shards)
-    fingerprint: str = ""
 
 
 def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
@@ -74,6 +46,8 @@ def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = No
 
 def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
               allow_pickle: bool = False) -> MergePlan:
+    if spec.merge_method == "moe":  # planned from headers like a merge (hubmerge validate, card)
+        return plan_moe(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     sources = open_sources(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     try:
         return build_plan(spec, sources)
@@ -83,27 +57,6 @@ def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
         raise
 
 
-def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
-    """Identifies a plan's output exactly: a partial folder is resumable only for the same fingerprint."""
-    h = hashlib.sha256()
-    h.update(f"hubmerge {__version__}\n{plan.method.name}\n{max_shard_size}\n".encode())
-    for m in plan.models:
-        h.update(f"{m.name}@{m.revision}\n".encode())
-        if m.extra.get("adapter") is not None:  # model+adapter: the adapter is part of the input
-            h.update(f"{m.extra['adapter'].identity}\n".encode())
-        if m.extra.get("moe") is not None:  # MoE experts assembled from pieces: where each piece is
-            h.update(f"moe:{m.extra['moe']}\n".encode())
-        for name in sorted(m.tensors):
-            i = m.tensors[name]
-            h.update(f"{name}:{i.file}:{i.dtype}:{i.shape}:{i.start}:{i.end}\n".encode())
-    for t in plan.tensors:
-        h.update(json.dumps([t.name, t.shape, t.dtype, t.compute_dtype,
-                             [(i.model, i.info.name) for i in t.inputs],
-                             t.base is not None, t.kwargs, t.seed] + ([t.vocab.digest] if t.vocab else []),
-                            default=str).encode())
-    return h.hexdigest()
-
-
 def shard_layout(plan: MergePlan, max_shard_size: int):
     return layout_shards([ShardEntry(t.name, t.dtype, t.shape) for t in plan.tensors], max_shard_size)
 
@@ -111,44 +64,17 @@ def shard_layout(plan: MergePlan, max_shard_size: int):
 def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None = None, *, hub: Any = None,
               card_writer: Callable[[MergePlan, str, Path], None] | None = None) -> MergeResult:
     options = options or MergeOptions()
+    if spec.merge_method == "moe":  # a mixture-of-experts recipe (hubmerge moe)
+        return moe.run_moe(spec, out_dir, options, hub=hub, card_writer=card_writer)
     target = Path(out_dir)
     max_shard = options.max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE
     plan = plan_spec(spec, base_dir=options.base_dir, hub=hub, allow_pickle=options.allow_pickle)
     try:
         shards = shard_layout(plan, max_shard)
         fingerprint = plan_fingerprint(plan, max_shard)
-        partial = prepare_partial(target, resume=options.resume, overwrite=options.overwrite)
-        try:
-            progress = _resumed_progress(partial, fingerprint, shards) if options.resume else None
-            progress = progress or Progress(partial, fingerprint)
-            writer = ShardWriter(partial, shards, progress)
-            if options.on_shard is not None:
-                writer.on_shard_done = options.on_shard
-            selected = [s for s in shards if options.only_shards is None or s.filename in options.only_shards]
-            wanted = {e.name for s in selected for e in s.entries}
-            done = {e.name for s in selected if writer.shard_done(s) for e in s.entries}
-            todo = [t for t in plan.tensors if t.name in wanted and t.name not in done]
-            if done:
-                logger.info("resuming: %d of %d tensors already written", len(done), len(plan.tensors))
-            executor = StreamingExecutor(plan, device=options.device, show_progress=options.show_progress,
-                                         **({"prefetch_bytes": options.prefetch_bytes} if options.prefetch_bytes else {}))
-            try:
-                executor.run(todo, writer.write)
-            finally:
-                writer.abort()
-            digest = content_hash({k: bytes.fromhex(v) for k, v in progress.digests.items()})
-            if options.only_shards is None:
-                files = finalize_folder(plan, partial, shards, digest)
-                if card_writer is not None:
-                    card_writer(plan, digest, partial)
-                    files.append("README.md")
-            else:
-                files = [s.filename for s in selected]
-            (partial / ".hubmerge-progress.json").unlink(missing_ok=True)
-            commit_partial(partial, target)
-        except BaseException:
-            discard_partial(partial, keep_if_resumable=True)
-            raise
+        digest, files, progress = stream_to_folder(
+            plan, plan.tensors, shards, target, options, fingerprint,
+            finalize=lambda folder, digest: finalize_folder(plan, folder, shards, digest), card_writer=card_writer)
     finally:
         for m in plan.models:
             m.close()
@@ -157,34 +83,9 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
                        dict(progress.digests), fingerprint)
 
 
-def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | None:
-    progress = Progress.load(partial, fingerprint)
-    if progress is None:
-        logger.info("partial output does not match this plan; starting over")
-        for p in partial.iterdir():
-            p.unlink() if p.is_file() else None
-        return None
-    for shard in shards:
-        if not progress.shards.get(shard.filename):
-            continue
-        path = partial / shard.filename
-        found = shard_digests(path, shard)
-        if found is None or any(progress.digests.get(name) != digest for name, digest in found.items()):
-            logger.warning("%s is missing or changed; it will be written again", shard.filename)
-            del progress.shards[shard.filename]
-            for e in shard.entries:
-                progress.digests.pop(e.name, None)
-            path.unlink(missing_ok=True)
-    return progress
-
-
 def finalize_folder(plan: MergePlan, folder: Path, shards, digest: str) -> list[str]:
     """Everything beside the shards: index, config, tokenizer and generation files, the recipe."""
-    files = [s.filename for s in shards]
-    if len(shards) > 1:
-        doc = index_document(shards, {"hubmerge_version": __version__, "content_hash": digest})
-        (folder / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-        files.append(INDEX_NAME)
+    files = write_shard_index(folder, shards, digest)
     config = output_config(plan)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     files.append("config.json")
@@ -192,8 +93,3 @@ def finalize_folder(plan: MergePlan, folder: Path, shards, digest: str) -> list[
     (folder / "mergekit_config.yml").write_text(dump_yaml(recipe_document(plan.spec)))
     files.append("mergekit_config.yml")
     return files
-
-
-def recipe_document(spec: MergeSpec) -> dict[str, Any]:
-    """The spec as written, minus our ``hubmerge:`` block: a mergekit-compatible recipe."""
-    return {k: v for k, v in spec.raw.items() if k != "hubmerge"}

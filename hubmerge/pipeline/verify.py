@@ -21,7 +21,7 @@ from hubmerge.pipeline.run import MergeOptions, MergeResult, plan_spec, run_merg
 from hubmerge.pipeline.tools import ToolRun, run_tool
 from hubmerge.sources.model import ModelSource, looks_like_repo_id, open_local_model
 from hubmerge.sources.open import open_model
-from hubmerge.spec.cards import MERGEKIT_CONFIG, CardInfo, card_info, find_recipe
+from hubmerge.spec.cards import MERGEKIT_CONFIG, CardInfo, card_info, find_recipe, recipe_file
 from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.tools import is_tool_spec
 
@@ -54,8 +54,8 @@ class CardSource:
     def card(self) -> CardInfo:
         readme = self.text("README.md")
         info = card_info(readme, self.files, source=f"{self.display}/README.md")
-        if find_recipe(info) is None and MERGEKIT_CONFIG in self.files:
-            info = CardInfo(info.meta, info.body, info.files, self.text(MERGEKIT_CONFIG))
+        if find_recipe(info) is None and recipe_file(self.files):
+            info = CardInfo(info.meta, info.body, info.files, self.text(recipe_file(self.files)))
         return info
 
     def open_model(self, hub: Any) -> ModelSource:

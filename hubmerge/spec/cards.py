@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 
 RELATIONS = ("merge", "finetune", "adapter", "quantized")
 MERGEKIT_CONFIG = "mergekit_config.yml"
+MERGEKIT_MOE_CONFIG = "mergekit_moe_config.yml"  # what mergekit-moe leaves beside an MoE (it writes no card)
+
+
+def recipe_file(files) -> str | None:
+    """The mergekit recipe file a model folder or repo holds, if any."""
+    return next((f for f in (MERGEKIT_CONFIG, MERGEKIT_MOE_CONFIG) if f in files), None)
 
 
 def format_setting(value: Any) -> str:
@@ -66,6 +72,7 @@ class RecipeParent:
         parts: list[str] = []
         if "base" in self.roles:
             parts.append("base")
+        parts += [r for r in ("expert", "shared expert") if r in self.roles]  # MoE recipes
         params = self.params
         if weights_only:
             params = {k: v for k, v in params.items() if k in ("weight", "t", "scale")}
@@ -154,6 +161,10 @@ def recipe_parents(recipe: dict[str, Any]) -> list[RecipeParent]:
     if recipe.get("base_model") is not None:
         add(recipe["base_model"], "base")
     container(recipe)
+    for key, role in (("experts", "expert"), ("shared_experts", "shared expert")):  # MoE recipes
+        for e in recipe.get(key) or []:
+            if isinstance(e, dict):
+                add(e.get("source_model"), role)
     for module in (recipe.get("modules") or {}).values():
         if isinstance(module, dict):
             container(module)
@@ -170,7 +181,7 @@ def _yaml_mapping(text: str) -> dict[str, Any] | None:
     except yaml.YAMLError:
         return None
     doc = docs[-1] if docs else None  # mergekit-multi: the last stage is the final model
-    return doc if isinstance(doc, dict) and "merge_method" in doc else None
+    return doc if isinstance(doc, dict) and ("merge_method" in doc or "experts" in doc) else None
 
 
 def config_block(body: str) -> dict[str, Any] | None:
@@ -246,7 +257,7 @@ def parents_of(info: CardInfo) -> list[ParentLink]:
         tool_links = _tool_links(recipe)
         if tool_links is not None:
             return tool_links
-        method = str(recipe.get("merge_method", "?"))
+        method = str(recipe.get("merge_method", "moe" if "experts" in recipe else "?"))
         links = []
         for p in recipe_parents(recipe):
             if p.roles == ["adapter"]:

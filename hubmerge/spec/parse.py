@@ -20,6 +20,12 @@ from hubmerge.spec.model import (
     SliceSource,
     TokenizerSpec,
 )
+from hubmerge.spec.fields import dtype_name as _dtype
+from hubmerge.spec.fields import format_size, parse_ref, parse_size  # noqa: F401 (the package's names for them)
+from hubmerge.spec.fields import hubmerge_options as _options
+from hubmerge.spec.fields import ref_from_yaml as _ref
+from hubmerge.spec.fields import tokenizer_source_of as _tokenizer_source
+from hubmerge.spec.moe import MoESpec, is_moe_document, parse_moe
 from hubmerge.spec.schema import validate_against_schema
 from hubmerge.spec.search import midpoint, spec_search_ranges, substitute
 from hubmerge.spec.tools import (
@@ -64,13 +70,16 @@ def parse_spec(text: str, *, source: str = "spec") -> MergeSpec:
     return spec_from_dict(docs[0], source=source)
 
 
-def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec:
-    """A merge spec, or (for a document with an ``extract_lora:`` or ``tokensurgeon:`` key) a tool recipe
-    (``hubmerge.spec.tools``), so every command that reads recipes from files and cards takes both."""
+def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec | MoESpec:
+    """A merge spec, or a mergekit-moe recipe (``experts:`` and no ``merge_method``: ``hubmerge.spec.moe``), or
+    (for a document with an ``extract_lora:`` or ``tokensurgeon:`` key) a tool recipe (``hubmerge.spec.tools``),
+    so every command that reads recipes from files and cards takes them all."""
     if not isinstance(document, dict):
         raise SpecError(f"{source}: the spec must be a mapping of keys, got {type(document).__name__}")
     if tool_of(document) is not None:
         return tool_spec_from_dict(document, source=source)  # type: ignore[return-value]
+    if is_moe_document(document):  # a mergekit-moe recipe: experts instead of a merge method
+        return parse_moe(document, source=source)
     validate_against_schema(document, source=source)
     spec = _build(document)
     check_spec(spec)
@@ -198,99 +207,6 @@ def _value(value: Any) -> Any:
         low, high = value["search"]
         return SearchRange(float(low), float(high), value.get("step"), bool(value.get("log", False)))
     return value
-
-
-_REF_RE = re.compile(r"^(?P<path>[^@+]+)(?:@(?P<rev>[^@+]+))?$")
-
-
-def parse_ref(text: str, path: str = "model") -> ModelRef:
-    """``org/name``, ``org/name@rev``, ``./local/dir``, ``model+lora``, ``model@rev+lora@rev``."""
-    text = text.strip()
-    model_part, _, lora_part = text.partition("+")
-    model = _single_ref(model_part, text, path)
-    if lora_part:
-        return ModelRef(model.path, model.revision, _single_ref(lora_part, text, path))
-    return model
-
-
-def _single_ref(part: str, whole: str, path: str) -> ModelRef:
-    match = _REF_RE.match(part.strip())
-    if not match or not match.group("path").strip():
-        raise SpecError(
-            f"invalid model reference {whole!r}",
-            path=path,
-            hint="use 'org/name', 'org/name@revision' or a local folder path (one '@' at most)",
-        )
-    return ModelRef(match.group("path").strip(), match.group("rev"))
-
-
-def _ref(value: Any, path: str) -> ModelRef:
-    if isinstance(value, str):
-        return parse_ref(value, path)
-    if "path" in value:  # {path, revision}
-        return ModelRef(value["path"], value.get("revision"))
-    model = _ref(value["model"], f"{path}.model")
-    lora = value.get("lora")
-    if lora is not None:
-        lora_ref = _ref(lora, f"{path}.lora")
-        return ModelRef(model.path, model.revision, lora_ref)
-    return model
-
-
-def _tokenizer_source(value: Any, path: str) -> str | ModelRef:
-    if value in ("base", "union"):
-        return value
-    return _ref(value, path)
-
-
-def _dtype(value: str | None) -> str | None:
-    if value is None:
-        return None
-    return value[len("torch."):] if value.startswith("torch.") else value
-
-
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: int | str, path: str = "max_shard_size") -> int:
-    """Bytes from ``5000000000``, ``'5GB'``, ``'500M'``, ``'2GiB'`` (decimal unless ``i``)."""
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise SpecError(f"invalid size {value!r}", path=path, hint="use bytes or a suffix: 500MB, 5GB, 2GiB")
-    number, unit, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
-    base = 1024 if binary else 1000
-    factor = {"": 1, "K": base, "M": base**2, "G": base**3, "T": base**4}[unit]
-    size = int(number * factor)
-    if size < 1:
-        raise SpecError(f"size {value!r} must be at least one byte", path=path)
-    return size
-
-
-def format_size(n: float) -> str:
-    """Bytes for people: ``512 B``, ``1.50 MB``, ``2.00 TB`` (decimal units, as ``parse_size`` reads them)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
-
-
-def _options(doc: dict[str, Any]) -> HubmergeOptions:
-    known = {"target", "private", "seed", "max_shard_size", "license", "create_pr", "track"}
-    return HubmergeOptions(
-        target=doc.get("target"),
-        private=bool(doc.get("private", False)),
-        seed=int(doc.get("seed", 0)),
-        max_shard_size=parse_size(doc["max_shard_size"], "hubmerge.max_shard_size")
-        if doc.get("max_shard_size") is not None
-        else None,
-        license=doc.get("license"),
-        create_pr=bool(doc.get("create_pr", False)),
-        track=dict(doc.get("track") or {}),
-        extra={k: v for k, v in doc.items() if k not in known},
-    )
 
 
 def at_midpoints(spec: MergeSpec) -> MergeSpec | None:

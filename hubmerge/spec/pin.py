@@ -46,6 +46,10 @@ def map_model_refs(doc: dict[str, Any], fn: RefMap) -> dict[str, Any]:
     if doc.get("base_model") is not None:
         doc["base_model"] = _map_ref(doc["base_model"], fn)
     models_and_slices(doc)
+    for key in ("experts", "shared_experts"):  # MoE recipes (mergekit-moe)
+        for expert in doc.get(key) or []:
+            if isinstance(expert, dict) and expert.get("source_model") is not None:
+                expert["source_model"] = _map_ref(expert["source_model"], fn)
     for module in (doc.get("modules") or {}).values():
         models_and_slices(module)
     if doc.get("tokenizer_source") not in (None, "base", "union"):

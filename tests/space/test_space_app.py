@@ -4,6 +4,7 @@ the signed-in user, nothing left behind on failure, check and re-merge."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
@@ -354,3 +355,46 @@ def test_check_reports_moved_parents_and_remerge_pushes_one_commit(hub, parents,
 def test_check_of_a_repo_without_a_recipe_explains(hub, parents, anonymous_client):
     with pytest.raises(AppError, match="no hubmerge recipe"):
         anonymous_client.predict(parents["chat"], api_name="/check")
+
+
+# ---------------------------------------------------------------------------------------------------
+# mixture of experts
+
+def _moe_slots(experts: list[tuple[str, str, str]], shared=("", "", "")) -> list[str]:
+    import space_moe as sm
+
+    slots = [field for e in experts for field in e] + ["", "", ""] * (sm.MAX_EXPERTS - len(experts))
+    return slots + list(shared)
+
+
+def test_moe_tab_builds_validates_and_pushes_an_moe(hub, parents, client, anonymous_client, repo_id_factory):
+    text, status = anonymous_client.predict(
+        parents["base"], "cheap_embed", 1, "(auto: as mergekit-moe picks)", "bfloat16",
+        *_moe_slots([(parents["chat"], "w5 w6\nw7", ""), (parents["math"], "w40 w41", "w5\n")]),
+        api_name="/moe_to_yaml")
+    doc = yaml.safe_load(text)
+    assert doc == {"base_model": parents["base"], "gate_mode": "cheap_embed", "dtype": "bfloat16",
+                   "experts_per_token": 1,
+                   "experts": [{"source_model": parents["chat"], "positive_prompts": ["w5 w6", "w7"]},
+                               {"source_model": parents["math"], "positive_prompts": ["w40 w41"],
+                                "negative_prompts": ["w5"]}]}
+    assert "valid MoE recipe" in status
+    _, status = anonymous_client.predict(parents["base"], "hidden", 3, "mixtral", "bfloat16",
+                                         *_moe_slots([(parents["chat"], "w5", ""), (parents["math"], "w6", "")]),
+                                         api_name="/moe_to_yaml")
+    assert "experts_per_token: 3 experts per token" in status
+
+    report = client.predict(text, "", api_name="/moe_validate")
+    assert "Plan: mixture of experts (Mixtral, 2 experts)" in report and "No problems found" in report
+
+    name = _name(repo_id_factory)
+    link, lineage, card = client.predict(text, name, False, api_name="/moe_merge")
+    target = f"{ALICE}/{name}"
+    assert f"[{target}]({hub.url}/{target})" in link and "/commit/" in link
+    files = hub.files_at(target)
+    assert json.loads(files["config.json"])["architectures"] == ["MixtralForCausalLM"]
+    assert "## Experts" in card and "“w40 w41”" in card
+    meta = yaml.safe_load(files["README.md"].decode().split("---")[1])
+    assert meta["base_model"] == [parents["base"], parents["chat"], parents["math"]] and "moe" in meta["tags"]
+    svg = base64.b64decode(re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', lineage).group(1)).decode()
+    assert all(p in svg for p in (*parents.values(), target))
