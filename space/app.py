@@ -16,8 +16,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import gradio as gr  # noqa: E402
 import app_moe  # noqa: E402
+import gradio as gr  # noqa: E402
 import space_form as sf  # noqa: E402
 import space_hub as sh  # noqa: E402
 import space_oauth  # noqa: E402

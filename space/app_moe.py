@@ -4,7 +4,6 @@ mergekit-moe recipe in YAML, validated against the headers and merged & pushed l
 from __future__ import annotations
 
 import gradio as gr
-
 import space_moe as sm
 
 

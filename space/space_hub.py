@@ -31,6 +31,7 @@ from hubmerge.sources.open import open_model
 from hubmerge.spec import parse_spec
 from hubmerge.spec.frontmatter import split_front_matter
 from hubmerge.spec.model import MergeSpec, ModelRef
+from hubmerge.spec.moe import is_moe_spec
 from hubmerge.spec.pin import map_model_refs
 
 logger = logging.getLogger("hubmerge.space")
@@ -187,7 +188,7 @@ def validate(text: str, *, token: str | None = None, repo_name: str = "") -> Val
 
 
 def _plan(spec, sources: dict[ModelRef, ModelSource]):
-    if spec.merge_method == "moe":  # a mixture-of-experts recipe
+    if is_moe_spec(spec):  # a mixture-of-experts recipe
         from hubmerge.merge.moe.plan import MoEPlanner
 
         return MoEPlanner(spec, sources).plan()
@@ -207,7 +208,7 @@ def plan_summary(spec: MergeSpec, plan: MergePlan) -> dict[str, Any]:
         "shards": len(shards),
         "estimated_seconds": round(estimate_seconds(plan), 1),
         "dtype": plan.tensors[0].dtype if plan.tensors else None,
-        "moe": f"{plan.family.display}, {len(spec.experts)} experts" if spec.merge_method == "moe" else None,
+        "moe": f"{plan.family.display}, {len(spec.experts)} experts" if is_moe_spec(spec) else None,
     }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from hubmerge.errors import HubmergeError
 from hubmerge.spec import parse_spec
-from hubmerge.spec.moe import FAMILIES, GATE_MODES
+from hubmerge.spec.moe import FAMILIES
 from hubmerge.spec.yamlio import dump_yaml
 
 MAX_EXPERTS = 8

@@ -5,8 +5,7 @@ One module per family of commands; ``cmd_<name>(args)`` runs ``hubmerge <name>``
 
 from hubmerge.commands.cards import cmd_card, cmd_lineage, cmd_reproduce, cmd_verify
 from hubmerge.commands.evolve import cmd_eval, cmd_evolve
-from hubmerge.commands.merge import cmd_demo, cmd_merge, cmd_validate
-from hubmerge.commands.moe import cmd_moe
+from hubmerge.commands.merge import cmd_demo, cmd_merge, cmd_moe, cmd_validate
 from hubmerge.commands.push import cmd_finalize, cmd_plan, cmd_push
 from hubmerge.commands.tools import cmd_extract_lora, cmd_tokensurgeon
 from hubmerge.commands.watch import cmd_check, cmd_sync, cmd_webhook_serve

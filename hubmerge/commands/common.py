@@ -8,6 +8,7 @@ from hubmerge.errors import SpecError
 from hubmerge.hub import Hub
 from hubmerge.hub.recipes import spec_from_repo
 from hubmerge.spec import load_spec, parse_size
+from hubmerge.spec.moe import is_moe_spec
 
 
 def shard_size(args) -> int | None:
@@ -27,9 +28,12 @@ def spec_or_repo(args, hub=None):
 
 
 def merge_only(spec, what: str) -> None:
-    """Refuse an extract_lora / tokensurgeon recipe where only merge specs make sense (parts, evolve...)."""
+    """Refuse an extract_lora / tokensurgeon or MoE recipe where only merge specs make sense (parts, evolve...)."""
     from hubmerge.spec.tools import is_tool_spec
 
+    if is_moe_spec(spec):
+        raise SpecError(f"{what} works on merge specs, not on MoE recipes",
+                        hint="run the recipe with 'hubmerge moe' or 'hubmerge push' (in one piece)")
     if is_tool_spec(spec):
         command = spec.tool.replace("_", "-")
         raise SpecError(f"{what} works on merge specs, not on {spec.tool} recipes",

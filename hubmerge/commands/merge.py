@@ -1,4 +1,4 @@
-"""``hubmerge merge``, ``validate`` and ``demo``: merges into a local folder, and the plan of one."""
+"""``hubmerge merge``, ``moe``, ``validate`` and ``demo``: merges into a local folder, and the plan of one."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 
 from hubmerge.commands import ci_outputs
 from hubmerge.commands.common import hub_of, shard_size
+from hubmerge.errors import SpecError
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE
 from hubmerge.pipeline.card import write_card
 from hubmerge.pipeline.run import MergeOptions, plan_spec, run_merge, shard_layout
 from hubmerge.spec import format_size
+from hubmerge.spec.moe import is_moe_spec
 from hubmerge.spec.tools import is_tool_spec
 
 logger = logging.getLogger("hubmerge")
@@ -48,6 +50,17 @@ def _run_tool(args, spec) -> int:
     return 0
 
 
+def cmd_moe(args) -> int:
+    """Build the mixture of experts a mergekit-moe recipe describes (``hubmerge merge`` runs it too)."""
+    from hubmerge.spec.stages import load_stages
+
+    stages = load_stages(args.spec)
+    if not is_moe_spec(stages[-1].spec):
+        raise SpecError(f"{args.spec} is a merge spec, not an MoE recipe (it has no 'experts:')",
+                        hint="run it with 'hubmerge merge'; an MoE recipe lists base_model and experts")
+    return cmd_merge(args)
+
+
 def cmd_validate(args) -> int:
     from hubmerge.spec.stages import load_stages
 
@@ -63,7 +76,7 @@ def cmd_validate(args) -> int:
     if len(stages) > 1:
         return _validate_stages(args, stages)
     spec = stages[0].spec
-    if spec.merge_method == "moe":
+    if is_moe_spec(spec):
         from hubmerge.commands.moe import validate_moe
 
         return validate_moe(args, spec)

@@ -1,4 +1,4 @@
-"""``hubmerge moe`` and the MoE side of ``hubmerge validate``: what they do in terms of the library."""
+"""The MoE side of ``hubmerge validate``: an MoE recipe's plan, from headers alone."""
 
 from __future__ import annotations
 
@@ -6,21 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from hubmerge.errors import SpecError
-
 logger = logging.getLogger("hubmerge")
-
-
-def cmd_moe(args) -> int:
-    """Build the mixture of experts a mergekit-moe recipe describes (``hubmerge merge`` runs it too)."""
-    from hubmerge.commands.merge import cmd_merge
-    from hubmerge.spec.stages import load_stages
-
-    stages = load_stages(args.spec)
-    if stages[-1].spec.merge_method != "moe":
-        raise SpecError(f"{args.spec} is a merge spec, not an MoE recipe (it has no 'experts:')",
-                        hint="run it with 'hubmerge merge'; an MoE recipe lists base_model and experts")
-    return cmd_merge(args)
 
 
 def validate_moe(args, spec) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from hubmerge.errors import HubmergeError
 from hubmerge.commands import ci_outputs
 from hubmerge.commands.common import hub_of, merge_only, shard_size, spec_or_repo
+from hubmerge.errors import HubmergeError
 from hubmerge.spec import format_size
 
 
@@ -18,9 +18,6 @@ def cmd_push(args) -> int:
     if args.open_pr or args.part or args.gate_eval:
         merge_only(spec, "--gate-eval" if args.gate_eval else "--open-pr / --part")
     if args.open_pr or args.part:
-        if spec.merge_method == "moe":
-            raise HubmergeError("an MoE recipe cannot be pushed in parts (--open-pr/--part)",
-                                hint="push it in one piece: hubmerge push RECIPE")
         return _push_parts(args, hub, spec, base_dir)
     previous = ci_outputs.before_push(hub, spec, args.repo)  # CI runners only: the card's pins before pushing
     gate = _gate(args, spec, hub, base_dir)
@@ -36,7 +33,6 @@ def cmd_push(args) -> int:
 
 
 def _push_parts(args, hub, spec, base_dir) -> int:
-    from hubmerge.errors import HubmergeError
     from hubmerge.pipeline.parts import open_pr, push_part
 
     if args.open_pr:

@@ -3,9 +3,7 @@ its router was initialised. The rest of the card (license, lineage, recipe, repr
 
 from __future__ import annotations
 
-from typing import Any
-
-from hubmerge.output.card import PROJECT_URL, ParentCard, _link
+from typing import Any, Callable
 
 GATE_TEXT = {
     "hidden": "each layer's router row for an expert is the base model's hidden state entering that layer at the "
@@ -34,14 +32,16 @@ def _prompts(prompts: tuple[str, ...], limit: int = 4) -> str:
     return shown + (f" (+{len(prompts) - limit} more)" if len(prompts) > limit else "")
 
 
-def moe_sections(plan: Any, recipe: dict[str, Any], by_name: dict[str, ParentCard], endpoint: str) -> list[str]:
-    """Summary, the MoE's shape and router, and the experts table (with prompts) of an MoE's card."""
+def moe_sections(plan: Any, by_name: dict[str, Any], endpoint: str, *, link: Callable[[str, str | None, str], str],
+                 project_url: str) -> list[str]:
+    """Summary, the MoE's shape and router, and the experts table (with prompts) of an MoE's card.
+    ``by_name``: each parent's card (its ``license``); ``link(name, revision, endpoint)``: a parent as a link."""
     spec, family = plan.spec, plan.family
     base = plan.models[plan.base]
     n = len(spec.experts)
     shared = len(spec.shared_experts)
     lines = [f"A **mixture of {n} experts**" + (f" plus {shared} shared expert" if shared else "")
-             + f" built on `{base.name}`, made with [hubmerge]({PROJECT_URL}) from a mergekit-moe recipe. "
+             + f" built on `{base.name}`, made with [hubmerge]({project_url}) from a mergekit-moe recipe. "
              f"Attention, norms and embeddings are the base's; each layer's MLP is one expert per source model.",
              "", "## Mixture of experts", "",
              f"- Output family: **{family.display}** (`{family.architecture}`), {plan.num_layers} layers, "
@@ -62,10 +62,10 @@ def moe_sections(plan: Any, recipe: dict[str, Any], by_name: dict[str, ParentCar
         revision = model.revision if model.is_hub else None
         scales = ", ".join(f"{k} {v:g}" for k, v in (("noise", e.noise_scale), ("residual", e.residual_scale))
                            if v is not None) or "—"
-        cells = [label, _link(model.name, revision, endpoint), f"`{revision[:12]}`" if revision else "local",
+        cells = [label, link(model.name, revision, endpoint), f"`{revision[:12]}`" if revision else "local",
                  (parent.license if parent is not None else None) or "unknown", _prompts(e.positive_prompts),
                  _prompts(e.negative_prompts), scales]
         lines.append("| " + " | ".join(c if i in (1,) else _cell(c) for i, c in enumerate(cells)) + " |")
-    lines += ["", f"Base: {_link(base.name, base.revision if base.is_hub else None, endpoint)} "
+    lines += ["", f"Base: {link(base.name, base.revision if base.is_hub else None, endpoint)} "
               "(attention, norms, embeddings, tokenizer)."]
     return lines

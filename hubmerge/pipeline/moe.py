@@ -7,7 +7,6 @@ here, so ``merge``, ``push``, ``reproduce``, ``verify`` and ``sync`` run them li
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,8 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from hubmerge import __version__
 from hubmerge.errors import SourceError
+from hubmerge.merge.executor import pick_device
 from hubmerge.merge.layout import input_embedding_name
 from hubmerge.merge.moe.config import config_text
 from hubmerge.merge.moe.gates import (
@@ -31,7 +30,6 @@ from hubmerge.merge.moe.gates import (
 )
 from hubmerge.merge.moe.method import bind_parts
 from hubmerge.merge.moe.plan import MoEPlan, plan_moe
-from hubmerge.merge.executor import pick_device
 from hubmerge.merge.plan import tensor_seed
 from hubmerge.merge.tokenizer.build import TokenizerFiles
 from hubmerge.merge.tokenizer.files import save_tokenizer

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hubmerge import __version__
 from hubmerge.merge.moe.plan import plan_moe
 from hubmerge.merge.plan import MergePlan, build_plan, output_config
 from hubmerge.merge.tokenizer import write_tokenizer_files
@@ -26,6 +23,7 @@ from hubmerge.pipeline.output_folder import (  # noqa: F401 (MergeOptions, Merge
 from hubmerge.sources.model import ModelSource
 from hubmerge.sources.open import open_model
 from hubmerge.spec.model import MergeSpec, ModelRef
+from hubmerge.spec.moe import is_moe_spec
 from hubmerge.spec.yamlio import dump_yaml
 
 logger = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ def open_sources(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = No
 
 def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
               allow_pickle: bool = False) -> MergePlan:
-    if spec.merge_method == "moe":  # planned from headers like a merge (hubmerge validate, card)
+    if is_moe_spec(spec):  # planned from headers like a merge (hubmerge validate, card)
         return plan_moe(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     sources = open_sources(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     try:
@@ -64,7 +62,7 @@ def shard_layout(plan: MergePlan, max_shard_size: int):
 def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None = None, *, hub: Any = None,
               card_writer: Callable[[MergePlan, str, Path], None] | None = None) -> MergeResult:
     options = options or MergeOptions()
-    if spec.merge_method == "moe":  # a mixture-of-experts recipe (hubmerge moe)
+    if is_moe_spec(spec):  # a mixture-of-experts recipe (hubmerge moe)
         return moe.run_moe(spec, out_dir, options, hub=hub, card_writer=card_writer)
     target = Path(out_dir)
     max_shard = options.max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE

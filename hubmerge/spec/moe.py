@@ -84,6 +84,11 @@ class MoESpec:
         return list(seen)
 
 
+def is_moe_spec(spec: Any) -> bool:
+    """A parsed MoE recipe (rather than a merge spec or a tool recipe)."""
+    return isinstance(spec, MoESpec)
+
+
 def is_moe_document(document: Any) -> bool:
     """A mergekit-moe recipe: it lists ``experts`` and names no ``merge_method``."""
     return isinstance(document, dict) and "experts" in document and "merge_method" not in document

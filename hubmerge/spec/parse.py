@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from hubmerge.errors import SpecError
+from hubmerge.spec.fields import dtype_name as _dtype
+from hubmerge.spec.fields import format_size, parse_ref, parse_size  # noqa: F401 (the package's names for them)
+from hubmerge.spec.fields import hubmerge_options as _options
+from hubmerge.spec.fields import ref_from_yaml as _ref
+from hubmerge.spec.fields import tokenizer_source_of as _tokenizer_source
 from hubmerge.spec.model import (
     Conditional,
-    HubmergeOptions,
     InputModel,
     MergeSpec,
-    ModelRef,
     OutputSlice,
     Parameters,
     SearchRange,
@@ -20,11 +22,6 @@ from hubmerge.spec.model import (
     SliceSource,
     TokenizerSpec,
 )
-from hubmerge.spec.fields import dtype_name as _dtype
-from hubmerge.spec.fields import format_size, parse_ref, parse_size  # noqa: F401 (the package's names for them)
-from hubmerge.spec.fields import hubmerge_options as _options
-from hubmerge.spec.fields import ref_from_yaml as _ref
-from hubmerge.spec.fields import tokenizer_source_of as _tokenizer_source
 from hubmerge.spec.moe import MoESpec, is_moe_document, parse_moe
 from hubmerge.spec.schema import validate_against_schema
 from hubmerge.spec.search import midpoint, spec_search_ranges, substitute

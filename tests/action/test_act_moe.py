@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from actkit import needs_act, read_pairs
 
 pytestmark = [needs_act, pytest.mark.timeout(300)]

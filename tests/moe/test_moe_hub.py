@@ -8,18 +8,20 @@ import json
 import pytest
 import torch
 import yaml
+from helpers import load_folder, publish_folder
+from moe_models import dense_family
 from safetensors.torch import load as load_safetensors
 
-from helpers import load_folder, publish_folder
 from hubmerge import cli
 from hubmerge.hub import Hub
-from hubmerge.hub.push import push, spec_from_repo
-from hubmerge.hub.watch import check, sync
-from hubmerge.output.card import split_front_matter
-from hubmerge.output.lineage import lineage_of
-from hubmerge.output.verify import reproduce, verify
+from hubmerge.hub.lineage import lineage_of
+from hubmerge.hub.recipes import spec_from_repo
+from hubmerge.hub.watch import check
+from hubmerge.pipeline.push import push
+from hubmerge.pipeline.sync import sync
+from hubmerge.pipeline.verify import reproduce, verify
 from hubmerge.spec import parse_spec
-from moe_models import dense_family
+from hubmerge.spec.frontmatter import split_front_matter
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +134,6 @@ def test_cli_push_as_pull_request_and_from_the_repo_card(hub, upstream, repo_id_
     spec = spec_from_repo(_client(hub), target)
     assert spec.merge_method == "moe" and spec.gate_mode == "random"
     code = cli.main(["push", target, "--part", "1/2", "--pr", "1", "--endpoint", hub.url])
-    assert code == 2 and "cannot be pushed in parts" in capsys.readouterr().err
+    assert code == 2 and "--open-pr / --part works on merge specs, not on MoE recipes" in capsys.readouterr().err
     doc = yaml.safe_load(files["mergekit_moe_config.yml"])
     assert doc["experts"][1]["negative_prompts"] == ["w5"] and "hubmerge" not in doc

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import load_folder
-from hubmerge.merge.run import MergeOptions, run_merge
-from hubmerge.spec import parse_spec
 from moe_models import dense_family
+
+from hubmerge.pipeline.run import MergeOptions, run_merge
+from hubmerge.spec import parse_spec
 
 pytestmark = pytest.mark.mergekit
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import load_folder
+from moe_models import dense_family
+
 from hubmerge import cli
 from hubmerge.errors import SpecError
-from hubmerge.merge.run import MergeOptions, run_merge
+from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.sources.readers import LocalFileReader
 from hubmerge.spec import parse_spec
 from hubmerge.spec.moe import MoESpec, resolve_families
 from hubmerge.spec.pin import pinned_document
-from moe_models import dense_family
 
 GOOD = """
 base_model: org/base

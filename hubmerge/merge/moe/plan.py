@@ -24,7 +24,8 @@ from hubmerge.merge.moe import families as fam
 from hubmerge.merge.moe.config import base_config, moe_config
 from hubmerge.merge.plan import TORCH_DTYPES, PlannedInput, PlannedTensor, tensor_seed
 from hubmerge.merge.tokenizer.planning import chat_template_for, vocab_rows
-from hubmerge.sources.model import ModelSource, open_model
+from hubmerge.sources.model import ModelSource
+from hubmerge.sources.open import open_model
 from hubmerge.sources.safetensors_format import DTYPE_NAMES, DTYPES, ITEM_SIZES, TensorInfo
 from hubmerge.spec.model import ModelRef
 from hubmerge.spec.moe import ExpertSpec, MoESpec
