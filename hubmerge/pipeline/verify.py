@@ -60,7 +60,8 @@ class CardSource:
 
     def open_model(self, hub: Any) -> ModelSource:
         if self.is_hub:
-            return open_model(ModelRef(self.name, self.revision), hub=hub)
+            # The tensors as stored (what a merge wrote and the content hash covers), not an MoE view of them.
+            return open_model(ModelRef(self.name, self.revision), hub=hub, moe_layout=False)
         return open_local_model(ModelRef(str(self.folder)), self.folder)
 
 

@@ -118,21 +118,31 @@ def test_push_verify_check_sync(hub, upstream, repo_id_factory, dense, tmp_path)
     assert not check(_client(hub), target).stale
 
 
-def test_cli_push_as_pull_request_and_from_the_repo_card(hub, upstream, repo_id_factory, tmp_path, capsys):
+def test_qwen_moe_verify_pull_request_card_recipe(hub, upstream, repo_id_factory,
+                                                  tmp_path, capsys):
+    """Qwen2-MoE keeps one tensor per expert (as mergekit-moe writes it): verify hashes them as stored."""
     target = repo_id_factory()
     recipe = tmp_path / "moe.yml"
-    recipe.write_text(_recipe(upstream, target, gate="random").replace("{sha}", "main"))
+    text = _recipe(upstream, target, gate="random").replace("{sha}", "main") + \
+        f"architecture: qwen\nshared_experts:\n  - source_model: {upstream['e2']}\n"
+    recipe.write_text(text)
+    assert cli.main(["push", str(recipe), "-q", "--endpoint", hub.url]) == 0, capsys.readouterr().err
+    files = hub.files_at(target)
+    assert json.loads(files["config.json"])["architectures"] == ["Qwen2MoeForCausalLM"]
+    assert "model.layers.0.mlp.experts.1.up_proj.weight" in _tensors(hub, target)
+    assert verify(target, hub=_client(hub), show_progress=False).ok
+
+    recipe.write_text(text.replace("license: apache-2.0}", "license: apache-2.0, seed: 5}"))
     code = cli.main(["push", str(recipe), "--create-pr", "-q", "--endpoint", hub.url])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "/discussions/" in out and len(hub.list_commits(target)) == 1  # main untouched
+    assert "/discussions/" in out and len(hub.list_commits(target)) == 2  # main untouched
     pr = hub.discussions(target)[0]
-    files = hub.files_at(target, f"refs/pr/{pr.num}")
-    assert json.loads(files["config.json"])["num_experts_per_tok"] == 2
-    # push REPO: the recipe comes from the card (here: the PR's card, committed to main first)
-    hub.commit_files(target, {"README.md": files["README.md"]}, message="card")
-    spec = spec_from_repo(_client(hub), target)
-    assert spec.merge_method == "moe" and spec.gate_mode == "random"
+    pr_tensors = _tensors(hub, target, f"refs/pr/{pr.num}")
+    gate = "model.layers.2.mlp.gate.weight"
+    assert not torch.equal(pr_tensors[gate], _tensors(hub, target)[gate])  # another seed, other router rows
+    spec = spec_from_repo(_client(hub), target)  # push REPO: the recipe comes from the card
+    assert spec.merge_method == "moe" and spec.gate_mode == "random" and spec.families == ("qwen2_moe", "qwen3_moe")
     code = cli.main(["push", target, "--part", "1/2", "--pr", "1", "--endpoint", hub.url])
     assert code == 2 and "--open-pr / --part works on merge specs, not on MoE recipes" in capsys.readouterr().err
     doc = yaml.safe_load(files["mergekit_moe_config.yml"])

@@ -262,27 +262,27 @@ class MoEPlanner:
         experts = [(self.index(e.source_model), e) for e in spec.experts]
         n, hidden = len(experts), self.hidden
         router = {"op": "router", "group": "router", "layer": layer}
-        self._add(fam.router_name(p, layer), (n, hidden), "router", [(None, None, router)], dtype=self._gate_out())
+        self._add(fam.router_name(family, p, layer), (n, hidden), "router", [(None, None, router)],
+                  dtype=self._gate_out())
         if family.fused:
-            gate_up, down = fam.fused_names(p, layer)
-            inter = self.mlp_shapes[layer]["gate_proj"][0]
-            self._add(gate_up, (n, 2 * inter, hidden), "experts",
-                      [self._expert_part(m, e, layer, proj) for m, e in experts for proj in ("gate_proj", "up_proj")])
-            self._add(down, (n, hidden, inter), "experts", [self._expert_part(m, e, layer, "down_proj") for m, e in experts])
+            for name, projections in fam.fused_tensors(family, p, layer):
+                parts = [self._expert_part(m, e, layer, proj) for m, e in experts for proj in projections]
+                rows = sum(part[1].shape[0] for part in parts[:len(projections)])
+                self._add(name, (n, rows, *parts[0][1].shape[1:]), "experts", parts)
         else:
             for k, (m, e) in enumerate(experts):
-                for proj in fam.PROJECTIONS:
+                for name, proj in fam.expert_tensors(family, p, layer, k):
                     part = self._expert_part(m, e, layer, proj)
-                    self._add(fam.expert_name(p, layer, k, proj), part[1].shape, "experts", [part])
-        if family.shared_slot is not None and spec.shared_experts:
+                    self._add(name, part[1].shape, "experts", [part])
+        if family.shared and spec.shared_experts:
             shared = spec.shared_experts[0]
             m = self.index(shared.source_model)
-            for proj in fam.PROJECTIONS:
+            for name, proj in fam.shared_tensors(family, p, layer):
                 part = self._expert_part(m, shared, layer, proj)
-                self._add(fam.shared_name(family, p, layer, proj), part[1].shape, "shared expert", [part])
+                self._add(name, part[1].shape, "shared expert", [part])
             if family.shared_gated:
                 rows = {"op": "router", "group": "shared router", "layer": layer}
-                self._add(fam.shared_gate_name(p, layer), (1, hidden), "shared router", [(None, None, rows)],
+                self._add(fam.shared_gate_name(family, p, layer), (1, hidden), "shared router", [(None, None, rows)],
                           dtype=self._gate_out())
 
     def _expert_part(self, model: int, expert: ExpertSpec, layer: int, proj: str):
