@@ -283,7 +283,7 @@ def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str 
     if getattr(plan, "kind", "merge") == "moe":  # a mixture of experts: its experts, prompts and router
         from hubmerge.output.moe_card import moe_sections
 
-        lines += moe_sections(plan, by_name, endpoint, link=_link, project_url=PROJECT_URL)
+        lines += moe_sections(plan, by_name, endpoint, link=source_link, project_url=PROJECT_URL)
     else:
         lines += _merge_sections(plan, recipe, sources, by_name, endpoint)
 
