@@ -206,7 +206,9 @@ def plan_extraction(spec: ExtractLoraSpec, model: ModelSource, base: ModelSource
             plan.targets.append(Target(name, module, "full", ft, info))
     _check_orientation(plan)
     plan.head_module, plan.embed_tensor = embed_out, embed_name
-    plan.tied_embeddings = bool(embed_out) and f"{embed_out}.weight" not in model.tensors
+    # Tied: the checkpoint has no head and the config does not untie it (transformers would initialise one).
+    tied_config = _config_value(model.config, ("tie_word_embeddings",))
+    plan.tied_embeddings = bool(embed_out) and f"{embed_out}.weight" not in model.tensors and tied_config is not False
     if unknown:
         logger.info("%d tensors of %s are not parameters of its transformers class; typed by shape",
                     unknown, model.name)

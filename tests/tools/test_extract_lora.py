@@ -204,4 +204,52 @@ def test_tied_embeddings_and_embed_lora(tmp_path):
     base = load_folder(fam["base"])
     delta = ft["model.embed_tokens.weight"] - base["model.embed_tokens.weight"]
     assert (b @ a).T.sub(delta).abs().max() < 1e-6  # five changed rows: rank 5, kept whole
-    assert json.loads((tmp_path / "emb" / "adapter_config.json").read_text())["target_modules"] == ["embed_tokens"]
+    config = json.loads((tmp_path / "emb" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["embed_tokens"] and "ensure_weight_tying" not in config
+    # PEFT merges an embedding LoRA into the tied weight once (with ensure_weight_tying it would add it twice)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(fam["base"]), dtype=torch.float32),
+                                           str(tmp_path / "emb")).merge_and_unload()
+    assert (merged.lm_head.weight - ft["model.embed_tokens.weight"]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_other_architectures(arch, tmp_path, caplog):
+    """GPT-2's Conv1D layers (fan_in_fan_out) and Qwen2's biased q/k/v: PEFT loads the adapter and merges it
+    to what hubmerge folds; a changed bias of a LoRA layer is named in a warning (PEFT cannot carry it)."""
+    import logging
+
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    fam = lora_family(tmp_path, arch=arch, unchanged=())
+    bias = "model.layers.0.self_attn.q_proj.bias"
+    if arch == "qwen2":
+        weights = load_file(str(fam["ft"] / "model.safetensors"))
+        weights[bias] += 0.01
+        save_file(weights, str(fam["ft"] / "model.safetensors"), metadata={"format": "pt"})
+    caplog.set_level(logging.WARNING)
+    result = run_tool(parse_spec("extract_lora: {model: ft, base_model: base, rank: 8}\n"), tmp_path / "ad",
+                      ToolRun(base_dir=tmp_path, show_progress=False))
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is (arch == "gpt2")
+    assert result.report.dropped_bias == ([bias] if arch == "qwen2" else [])
+    assert any(bias in r.getMessage() for r in caplog.records) is (arch == "qwen2")
+    run_merge(parse_spec("merge_method: passthrough\nmodels:\n  - model: base+ad\n"), tmp_path / "m",
+              MergeOptions(base_dir=tmp_path, show_progress=False))
+    ours, ft, base = load_folder(tmp_path / "m"), load_folder(fam["ft"]), load_folder(fam["base"])
+    peft_merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(fam["base"]), dtype=torch.float32),
+                                            str(tmp_path / "ad")).merge_and_unload().state_dict()
+    stats = {s.module: s for s in result.report.lora}
+    for name, tensor in ours.items():
+        assert (peft_merged[name] - tensor).abs().max() < 1e-6, name
+        module = name.rsplit(".", 1)[0]
+        if module in stats and name.endswith(".weight"):  # the error the discarded singular values give
+            delta = ft[name].double() - base[name].double()
+            s = torch.linalg.svdvals(delta)
+            assert (tensor.double() - ft[name].double()).norm().item() == pytest.approx(
+                s[8:].square().sum().sqrt().item(), rel=2e-3), name
+        elif name != bias:
+            assert torch.equal(tensor, ft[name]), name

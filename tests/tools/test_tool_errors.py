@@ -156,3 +156,13 @@ def test_vocab_mismatch_saves_embeddings_in_full(models, tmp_path, caplog):
     saved = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     assert saved["base_model.model.model.embed_tokens.weight"].shape == (136, 64)
     assert "resize_token_embeddings(136)" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_validate_plans_a_recipe_from_headers(models, capsys, tmp_path):
+    spec = tmp_path / "r.yml"
+    spec.write_text(f"extract_lora: {{model: {models['ft']}, base_model: {models['base']}, rank: 4}}\n")
+    rc, out, err = _run(capsys, "validate", str(spec), "--json")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["tool"] == "extract_lora" and summary["lora_candidates"] == 14  # 7 linear layers x 2
+    assert [m["name"] for m in summary["models"]] == [str(models["base"]), str(models["ft"])]
