@@ -21,11 +21,14 @@ class HubmergeError(Exception):
 
 
 class SpecError(HubmergeError):
-    """The merge spec is invalid. ``path`` is the YAML path, e.g. ``models[1].parameters.density``."""
+    """The merge spec is invalid. ``path`` is the YAML path, e.g. ``models[1].parameters.density``;
+    ``source`` the file (or document) the message already names."""
 
-    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None,
+                 source: str | None = None):
         self.path = path
-        prefix = f"{path}: " if path else ""
+        self.source = source
+        prefix = (f"{source}: " if source else "") + (f"{path}: " if path else "")
         super().__init__(prefix + message, hint=hint)
 
 
@@ -46,4 +49,23 @@ class OutputError(HubmergeError):
 
 
 class HubError(HubmergeError):
-    """A Hub call failed in a way the user can fix (not found, auth, rate limit, repo moved)."""
+    """A Hub call failed in a way the user can fix (not found, auth, rate limit, repo moved).
+
+    ``kind`` says which, for code to act on (never the wording of the message): one of the constants below.
+    For ``NOT_FOUND``, ``missing`` says what is missing: "repo", "revision" or "file". ``reason`` is the
+    message without the leading "<what was asked>: ", for short displays."""
+
+    NOT_FOUND = "not_found"  # the repo, revision or file does not exist (or is private without access)
+    GATED = "gated"  # the repo needs its terms accepted
+    CONFLICT = "conflict"  # the branch moved since it was read (a commit's parent guard failed)
+    AUTH = "auth"  # the token is missing, rejected, or may not do this
+    RATE_LIMITED = "rate_limited"
+    UNREACHABLE = "unreachable"  # no connection to the Hub
+    OTHER = "other"
+
+    def __init__(self, message: str, *, hint: str | None = None, kind: str = OTHER, missing: str | None = None,
+                 reason: str | None = None):
+        super().__init__(message, hint=hint)
+        self.kind = kind
+        self.missing = missing
+        self.reason = reason if reason is not None else message

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hubmerge.errors import HubError, HubmergeError, SpecError
-from hubmerge.hub.client import Hub, hub_errors
-from hubmerge.hub.lineage import lineage_of
+from hubmerge.hub.client import Hub
+from hubmerge.hub.lineage import LineageBuilder, lineage_of
 from hubmerge.merge.plan import MergePlan, build_plan
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE
 from hubmerge.pipeline.run import shard_layout
@@ -29,6 +29,7 @@ from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.model import ModelSource
 from hubmerge.sources.open import open_model
 from hubmerge.spec import parse_spec
+from hubmerge.spec.cards import card_info, parents_of
 from hubmerge.spec.frontmatter import split_front_matter
 from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.moe import is_moe_spec
@@ -83,8 +84,7 @@ class User:
 
 
 def whoami(hub: Hub) -> User:
-    with hub_errors("signing in"):
-        info = hub.api.whoami()
+    info = hub.whoami()
     return User(info["name"], [o["name"] for o in info.get("orgs") or [] if isinstance(o, dict) and o.get("name")])
 
 
@@ -157,10 +157,9 @@ def validate(text: str, *, token: str | None = None, repo_name: str = "") -> Val
             user = whoami(hub)
             target = target_repo(user, wanted)
             summary["target"] = target
-            with hub_errors(f"target {target}"):
-                exists = hub.api.repo_exists(target)
-                if exists:
-                    hub.api.auth_check(target, write=True)
+            exists = hub.repo_exists(target)
+            if exists:
+                hub.check_write(target)
             notes.append(f"target **{target}**: " + ("exists; the merge lands as one new commit" if exists
                                                       else "a new repo, created only when the merge succeeds"))
         except HubmergeError as exc:
@@ -243,8 +242,7 @@ def _validation(problems: list[str], notes: list[str], summary: dict[str, Any], 
 def delete_if_created(hub: Hub, repo_id: str) -> bool:
     """Remove a repo this Space created for a merge that did not land. Best-effort; returns whether it went."""
     try:
-        with hub_errors(f"cleaning up {repo_id}"):
-            hub.api.delete_repo(repo_id, missing_ok=True)
+        hub.delete_repo(repo_id)
         logger.info("deleted %s: the push failed, so the new repo is not left behind", repo_id)
         return True
     except HubmergeError as exc:
@@ -277,10 +275,9 @@ def merge_and_push(text: str, *, token: str, repo_name: str, private: bool,
     plan = plan_spec(spec, hub=hub)
     for m in plan.models:
         m.close()
-    with hub_errors(f"target {target}"):
-        existed = hub.api.repo_exists(target)
-        if existed:
-            hub.api.auth_check(target, write=True)
+    existed = hub.repo_exists(target)
+    if existed:
+        hub.check_write(target)
     try:
         result = push(spec, hub=make_hub(token), repo_id=target, private=private, show_progress=show_progress)
     except BaseException:
@@ -291,16 +288,13 @@ def merge_and_push(text: str, *, token: str, repo_name: str, private: bool,
 
 
 def _pushed(hub: Hub, target: str, result, start: float) -> Pushed:
-    readme = None
-    if result.commit_sha:
-        data = hub.read_small_file(target, result.commit_sha, "README.md")
-        readme = data.decode("utf-8", errors="replace") if data is not None else None
+    readme = hub.readme(target, result.commit_sha)
     return Pushed(target, result.changed, result.commit_url, f"{hub.endpoint}/{target}", result.content_hash,
                   time.perf_counter() - start, readme)
 
 
 def lineage_picture(pushed: Pushed, token: str | None) -> str:
-    """The result's lineage as an <img> of an SVG drawn here (hubmerge's lineage walk when available)."""
+    """The result's lineage (hubmerge's walk through the cards) as an <img> of an SVG drawn here."""
     import space_lineage as sl
 
     hub = make_hub(token)
@@ -309,25 +303,14 @@ def lineage_picture(pushed: Pushed, token: str | None) -> str:
     recipe = block.get("recipe") if isinstance(block.get("recipe"), dict) else {}
     digest = str(block.get("content_hash") or pushed.content_hash or "")
     subtitle = " · ".join(x for x in (str(recipe.get("merge_method") or ""), digest[7:19]) if x)
-    graph = None
     try:
-        graph = sl.from_lineage(lineage_of(pushed.repo_id, hub=hub, depth=3), subtitle=subtitle)
-    except HubmergeError as exc:
+        lineage = lineage_of(pushed.repo_id, hub=hub, depth=3)
+    except HubmergeError as exc:  # the pushed card itself unreadable: walk from the parents it names
         logger.info("lineage walk: %s", redact(exc.message, token))
-    if graph is None:
-        graph = sl.lineage_graph(pushed.repo_id, meta, parent_card=parent_card_reader(hub))
+        links = parents_of(card_info(pushed.readme, source=f"{pushed.repo_id}/README.md"))
+        lineage = LineageBuilder(hub, depth=2).from_parents(pushed.repo_id, links)
+    graph = sl.from_lineage(lineage, subtitle=subtitle)
     return sl.svg_img_tag(sl.render_svg(graph), alt=f"lineage of {pushed.repo_id}")
-
-
-def parent_card_reader(hub: Hub):
-    def read(repo: str, sha: str | None) -> dict[str, Any] | None:
-        data = hub.read_small_file(repo, sha or hub.resolve(repo), "README.md")
-        if data is None:
-            return None
-        meta, _ = split_front_matter(data.decode("utf-8", errors="replace"))
-        return meta
-
-    return read
 
 
 # ---------------------------------------------------------------------------------------------------

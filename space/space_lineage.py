@@ -3,21 +3,16 @@
 No graphviz, no network, no JavaScript: a layered layout (ancestors on top, the merge at the bottom),
 boxes sized from their text, curved edges with arrowheads.
 
-The graph is hubmerge's own (``hubmerge.hub.lineage``: the family tree read from cards, several hops
-deep) when that module is there, converted by ``from_lineage``; otherwise ``lineage_graph`` builds a
-smaller one from the pushed card alone: its ``hubmerge.recipe`` names every parent pinned to a commit
-(and the branch it tracks), and each parent's own card may name its ``base_model`` (one more hop).
+The graph is hubmerge's own ``Lineage`` (``hubmerge.hub.lineage`` walks the cards), the same the CLI,
+the card and the Action's job summary draw; ``from_lineage`` turns it into boxes and edges.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from xml.sax.saxutils import escape
-
-from hubmerge.spec.model import ModelRef
-from hubmerge.spec.pin import map_model_refs
 
 MAX_NODES = 24
 MAX_LABEL = 34
@@ -42,65 +37,6 @@ class Graph:
     def link(self, src: str, dst: str, label: str = "") -> None:
         if (src, dst, label) not in self.edges and src != dst:
             self.edges.append((src, dst, label))
-
-
-def _as_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str)]
-    return []
-
-
-def lineage_graph(target: str, meta: dict[str, Any], *, method: str | None = None,
-                  parent_card: Callable[[str, str | None], dict[str, Any] | None] | None = None) -> Graph:
-    """``meta``: the pushed card's front matter. ``parent_card(repo, sha)`` returns a parent's front matter
-    (or None) for the second hop."""
-    block = meta.get("hubmerge") if isinstance(meta.get("hubmerge"), dict) else {}
-    recipe = block.get("recipe") if isinstance(block.get("recipe"), dict) else {}
-    method = method or recipe.get("merge_method") or "merge"
-    options = recipe.get("hubmerge") if isinstance(recipe.get("hubmerge"), dict) else {}
-    track = options.get("track") if isinstance(options.get("track"), dict) else {}
-    graph = Graph()
-    digest = str(block.get("content_hash") or "")
-    graph.add(Node(target, target, f"{method} · {digest[7:19]}" if digest.startswith("sha256:") else method,
-                   "output"))
-    base_ref: list[ModelRef] = []
-    refs: list[ModelRef] = []
-
-    def collect(ref: ModelRef) -> ModelRef:
-        if ref not in refs:
-            refs.append(ref)
-        return ref
-
-    if recipe:
-        if recipe.get("base_model") is not None:
-            map_model_refs({"base_model": recipe["base_model"]}, lambda r: base_ref.append(r) or r)
-        map_model_refs(recipe, collect)
-    else:
-        refs = [ModelRef(name) for name in _as_list(meta.get("base_model"))]
-    base_paths = {r.path for r in base_ref}
-    for ref in refs:
-        if len(graph.nodes) >= MAX_NODES:
-            break
-        sub = ref.revision[:12] if ref.revision else "local"
-        if ref.path in track:
-            sub += f" · tracks {track[ref.path]}"
-        is_base = ref.path in base_paths
-        graph.add(Node(ref.path, ref.path, sub, "base" if is_base else "parent"))
-        graph.link(ref.path, target, "base" if is_base else "")
-    if parent_card is not None:
-        for ref in list(refs):
-            try:
-                card = parent_card(ref.path, ref.revision)
-            except Exception:  # noqa: BLE001 - the second hop is decoration; never fail a result on it
-                card = None
-            for name in _as_list((card or {}).get("base_model")):
-                if len(graph.nodes) >= MAX_NODES:
-                    break
-                graph.add(Node(name, name, "", "ancestor"))  # a parent that is also an ancestor keeps its kind
-                graph.link(name, ref.path, str((card or {}).get("base_model_relation") or ""))
-    return graph
 
 
 def _short(text: str, limit: int = MAX_LABEL) -> str:

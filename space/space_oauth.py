@@ -65,9 +65,9 @@ def _safe_target(request: fastapi.Request) -> str:
 
 def session_info(token: str, endpoint: str) -> dict:
     """The session entry Gradio's real OAuth callback stores, for the user who owns ``token``."""
-    from huggingface_hub import HfApi
+    from hubmerge.hub.client import Hub
 
-    user = HfApi(endpoint=endpoint, token=token).whoami()
+    user = Hub(endpoint=endpoint, token=token).whoami()
     name = user["name"]
     return {
         "access_token": token,

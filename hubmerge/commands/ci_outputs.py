@@ -23,6 +23,15 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from hubmerge.hub import Hub
+from hubmerge.hub import lineage as lineage_walk
+from hubmerge.output.lineage import Lineage, direct_lineage
+from hubmerge.pipeline.push import target_of
+from hubmerge.sources.hub_model import default_endpoint
+from hubmerge.spec.frontmatter import recorded_block
+from hubmerge.spec.parse import parse_ref
+from hubmerge.spec.pin import map_model_refs
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_ENV = "GITHUB_OUTPUT"
@@ -155,34 +164,24 @@ def changes_section(sources: list[Source], previous: Mapping[str, str | None] | 
     return "\n".join(lines) + "\n"
 
 
-def _mermaid_label(text: str) -> str:
-    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+def mermaid_block(lineage: Lineage) -> str:
+    return "```mermaid\n" + lineage.to_mermaid().rstrip("\n") + "\n```\n"
 
 
 def mermaid_lineage(sources: Iterable[Source], target: str, *, revision: str | None = None) -> str:
     """A ```mermaid graph of the merge's direct parents pointing at the output."""
-    lines = ["```mermaid", "graph LR"]
-    out_label = _mermaid_label(target) + (f"<br/>{_mermaid_label(revision[:12])}" if revision else "")
-    lines.append(f'  out["{out_label}"]')
-    for i, s in enumerate(sources):
-        label = _mermaid_label(s.name) + (f"<br/>@{_mermaid_label(s.revision[:12])}" if s.revision else "")
-        arrow = "-->|base|" if s.role == "base" else "-->"
-        lines.append(f'  src{i}["{label}"] {arrow} out')
-    lines.append("```")
-    return "\n".join(lines) + "\n"
+    return mermaid_block(direct_lineage(target, [(s.name, s.revision, s.is_hub, s.role) for s in sources],
+                                        revision=revision))
 
 
 def lineage_block(sources: list[Source], target: str, *, revision: str | None = None, hub=None,
                   from_hub: bool = False) -> str:
-    """The family tree from the Hub (hubmerge.hub.lineage, when present and ``from_hub``), else the
-    merge's direct parents; either as a ```mermaid block."""
+    """The family tree walked through the cards on the Hub (with ``from_hub``), else the merge's direct
+    parents; either as a ```mermaid block."""
     if from_hub:
         try:
-            from hubmerge.hub.lineage import lineage_of
-
-            graph = lineage_of(target, hub=hub, depth=3, max_calls=24).to_mermaid()
-            return "```mermaid\n" + graph.rstrip("\n") + "\n```\n"
-        except Exception as exc:  # the module is optional and the walk best effort
+            return mermaid_block(lineage_walk.lineage_of(target, hub=hub, depth=3, max_calls=24))
+        except Exception as exc:  # the walk is best effort: reporting never fails a command
             logger.debug("lineage from the Hub unavailable (%s); showing the direct parents", exc)
     return mermaid_lineage(sources, target, revision=revision)
 
@@ -198,8 +197,6 @@ def sources_of_plan(plan) -> list[Source]:
 
 def pins_of_card(readme: str | None) -> dict[str, str | None] | None:
     """{repo id: pinned SHA} recorded by a hubmerge card (None when there is no hubmerge card)."""
-    from hubmerge.spec.frontmatter import recorded_block
-    from hubmerge.spec.pin import map_model_refs
 
     block = recorded_block(readme)
     recipe = block.get("recipe")
@@ -223,8 +220,6 @@ def before_push(hub, spec, repo_override: str | None) -> dict[str, str | None] |
     if not os.environ.get(SUMMARY_ENV):
         return None
     try:
-        from hubmerge.pipeline.push import target_of
-
         repo_id = target_of(spec, repo_override)
         sha = hub.resolve(repo_id)
         return pins_of_card(hub.readme(repo_id, sha))
@@ -281,8 +276,6 @@ def after_validate(spec, plan) -> None:
 
 
 def _report_sources(report) -> list[Source]:
-    from hubmerge.spec.parse import parse_ref
-
     base = report.recipe.get("base_model") if isinstance(getattr(report, "recipe", None), dict) else None
     base_path = None
     if isinstance(base, str):
@@ -314,16 +307,12 @@ def _watch_summary(title: str, report, status: str, endpoint: str | None, revisi
 
 def _hub_for(endpoint: str | None):
     try:
-        from hubmerge.hub import Hub
-
         return Hub(endpoint=endpoint)
     except Exception:  # pragma: no cover - the lineage walk then falls back to the direct parents
         return None
 
 
 def _endpoint(endpoint: str | None) -> str:
-    from hubmerge.sources.hub_model import default_endpoint
-
     return (endpoint or default_endpoint()).rstrip("/")
 
 

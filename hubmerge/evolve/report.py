@@ -148,18 +148,15 @@ def best_spec(result: SearchResult):
 def add_to_card(folder: Path, markdown: str, metadata: dict[str, Any]) -> None:
     """Put a section into a written card, inside hubmerge's delimited section (so a later push replaces it
     with the rest), and keys under its ``hubmerge:`` metadata."""
-    import yaml
-
     from hubmerge.output.card import END
-    from hubmerge.spec.frontmatter import split_front_matter
+    from hubmerge.spec.frontmatter import front_matter, split_front_matter
 
     path = folder / "README.md"
     meta, body = split_front_matter(path.read_text(encoding="utf-8"))
     block = meta.get("hubmerge")
     meta["hubmerge"] = {**(block if isinstance(block, dict) else {}), **metadata}
     body = body.replace(END, markdown.rstrip() + "\n\n" + END, 1) if END in body else body.rstrip() + "\n\n" + markdown
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    path.write_text(f"---\n{front}---\n" + (body if body.startswith("\n") else "\n" + body), encoding="utf-8")
+    path.write_text(front_matter(meta) + (body if body.startswith("\n") else "\n" + body), encoding="utf-8")
 
 
 def decorator(result: SearchResult):

@@ -1,81 +1,48 @@
 """One facade for the Hub, as ``HfApi`` is for huggingface_hub: the rest of hubmerge asks it for SHAs,
-bytes and commits and never builds URLs itself. One ``HfApi(endpoint=..., token=...)`` is threaded
+bytes and commits and never builds calls itself. One ``HfApi(endpoint=..., token=...)`` is threaded
 through (``ModelCard.load``/``push_to_hub`` and ``metadata_update`` ignore the endpoint, so we never use them).
+Errors come out as ``HubError`` with a kind (``hubmerge.hub.errors``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from contextlib import contextmanager
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Mapping, Sequence
 
 import requests
 
 from hubmerge.errors import HubError, SourceError
+from hubmerge.hub.errors import hub_errors
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.spec.model import ModelRef
 
 logger = logging.getLogger(__name__)
 
-
-@contextmanager
-def hub_errors(what: str) -> Iterator[None]:
-    """Turn huggingface_hub's exceptions into HubErrors a user can act on (never echoing a token)."""
-    from huggingface_hub import errors as hf
-
-    try:
-        yield
-    except HubError:
-        raise
-    except hf.GatedRepoError:
-        raise HubError(f"{what}: the repo is gated and this token has no access",
-                       hint="accept the model's terms on its Hub page, then pass a token with access") from None
-    except hf.RepositoryNotFoundError:
-        raise HubError(f"{what}: repo not found (or private without access)",
-                       hint="check the repo id; for a private repo pass a token (HF_TOKEN)") from None
-    except hf.RevisionNotFoundError:
-        raise HubError(f"{what}: revision not found", hint="check the branch, tag or commit after '@'") from None
-    except hf.RemoteEntryNotFoundError:
-        raise HubError(f"{what}: file not found in the repo") from None
-    except hf.HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise HubError(f"{what}: the token was rejected (HTTP 401)",
-                           hint="create a new token at huggingface.co/settings/tokens and set HF_TOKEN") from None
-        if status == 403:
-            raise HubError(f"{what}: permission denied (HTTP 403)",
-                           hint="the token needs write access to this repo") from None
-        if status == 412:
-            raise HubError(f"{what}: the repo changed since the merge started (another commit landed)",
-                           hint="run again to merge on top of the new head, or use --create-pr") from None
-        if status == 429:
-            wait = exc.response.headers.get("Retry-After", "a few") if exc.response is not None else "a few"
-            raise HubError(f"{what}: rate limited by the Hub; retry in {wait} seconds",
-                           hint="pass a token: anonymous limits are shared per IP") from None
-        raise HubError(f"{what}: Hub error HTTP {status}: {_first_line(str(exc))}") from None
-    except (requests.ConnectionError, OSError) as exc:
-        if type(exc).__name__ in ("FileNotFoundError", "IsADirectoryError", "PermissionError"):
-            raise
-        raise HubError(f"{what}: cannot reach the Hub ({type(exc).__name__})",
-                       hint="check the network or HF_ENDPOINT; behind a proxy try HF_HUB_DISABLE_XET=1") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith(("httpx", "httpx2", "httpcore")):
-            raise HubError(f"{what}: cannot reach the Hub ({type(exc).__name__})",
-                           hint="check the network or HF_ENDPOINT") from None
-        raise
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+GENERATED_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
 class RemoteFile:
     path: str
     size: int | None
+    lfs_sha256: str | None = None  # the content hash of a file stored in LFS/Xet (shards), None for small files
+
+
+def stale_weight_files(old_files: Iterable[str], new_files: Iterable[str]) -> list[str]:
+    """What a commit of a new merge deletes: the weights and weight indexes of the old one it does not rewrite."""
+    return sorted(p for p in set(old_files) - set(new_files) if p.endswith(WEIGHT_SUFFIXES) or p in GENERATED_FILES)
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    """The files of a merged folder to commit, by name (hidden bookkeeping files left out)."""
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
 class Hub:
@@ -125,10 +92,32 @@ class Hub:
                                         token=self.token or False)
         return meta.commit_hash
 
-    def list_files(self, repo_id: str, sha: str) -> list[RemoteFile]:
-        with hub_errors(f"{repo_id}@{sha[:12]}"):
+    def list_files(self, repo_id: str, sha: str, *, what: str | None = None) -> list[RemoteFile]:
+        """Every file at a commit (or a ref such as ``refs/pr/3``), with sizes and LFS hashes."""
+        with hub_errors(what or f"{repo_id}@{sha[:12]}"):
             info = self.api.model_info(repo_id, revision=sha, files_metadata=True)
-        return [RemoteFile(s.rfilename, s.size) for s in (info.siblings or [])]
+        return [RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in (info.siblings or [])]
+
+    def repo_files(self, repo_id: str, revision: str | None = None) -> tuple[str | None, list[str]]:
+        """(commit SHA, file names) of a revision, in one call."""
+        with hub_errors(f"{repo_id}@{revision or 'main'}"):
+            info = self.api.model_info(repo_id, revision=revision)
+        return info.sha or revision, [s.rfilename for s in (info.siblings or [])]
+
+    def main_head(self, repo_id: str, *, what: str | None = None) -> str | None:
+        """The commit ``main`` points at; None for a repo without commits."""
+        with hub_errors(what or repo_id):
+            refs = self.api.list_repo_refs(repo_id)
+        return next((b.target_commit for b in refs.branches if b.name == "main"), None)
+
+    def repo_exists(self, repo_id: str) -> bool:
+        with hub_errors(f"target {repo_id}"):
+            return self.api.repo_exists(repo_id)
+
+    def whoami(self) -> dict[str, Any]:
+        """The account of the token: ``name``, ``orgs``..."""
+        with hub_errors("signing in"):
+            return self.api.whoami()
 
     def file_url(self, repo_id: str, sha: str, path: str) -> str:
         from huggingface_hub import hf_hub_url
@@ -144,15 +133,27 @@ class Hub:
             with hub_errors(f"{repo_id}@{sha[:12]}/{path}"):
                 local = hf_hub_download(repo_id, path, revision=sha, endpoint=self.endpoint, token=self.token or False)
         except HubError as exc:
-            if "file not found" in exc.message:
+            if exc.kind == HubError.NOT_FOUND and exc.missing == "file":
                 return None
             raise
         except hf.EntryNotFoundError:
             return None
-        size = Path(local).stat().st_size
-        if size > max_bytes:
-            raise SourceError(f"{repo_id}/{path} is {size} bytes, more than the {max_bytes} allowed for it")
-        return Path(local).read_bytes()
+        return _bounded_read(Path(local), f"{repo_id}/{path}", max_bytes)
+
+    def read_json(self, repo_id: str, revision: str, path: str, *, max_bytes: int = 50 * 1024 * 1024) -> Any | None:
+        """A JSON file at a commit or a moving ref (a ref is downloaded afresh, a SHA may come from the cache);
+        None when the repo, the revision or the file does not exist."""
+        from huggingface_hub import hf_hub_download
+
+        try:
+            with hub_errors(f"{repo_id}@{revision}/{path}"):
+                local = hf_hub_download(repo_id, path, revision=revision, endpoint=self.endpoint,
+                                        token=self.token or False, force_download=not _SHA.match(revision))
+        except HubError as exc:
+            if exc.kind == HubError.NOT_FOUND:
+                return None
+            raise
+        return json.loads(_bounded_read(Path(local), f"{repo_id}/{path}", max_bytes))
 
     def cached_file(self, repo_id: str, sha: str, path: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
@@ -174,3 +175,82 @@ class Hub:
             return None
         data = self.read_small_file(repo_id, sha, "README.md")
         return data.decode("utf-8", errors="replace") if data is not None else None
+
+    # -- writing ----------------------------------------------------------------------------
+    def ensure_writable_repo(self, repo_id: str, *, private: bool = False) -> str | None:
+        """Create the repo if it does not exist, check this token may write to it, and return the commit
+        ``main`` points at (None for a new, empty repo): commits are guarded by it."""
+        with hub_errors(f"target {repo_id}"):
+            self.api.create_repo(repo_id, private=private, exist_ok=True)
+            self.check_write(repo_id)
+            return self.main_head(repo_id, what=f"target {repo_id}")
+
+    def check_write(self, repo_id: str) -> None:
+        with hub_errors(f"target {repo_id}"):
+            self.api.auth_check(repo_id, write=True)
+
+    def preupload(self, repo_id: str, path: Path, *, revision: str | None = None, create_pr: bool = False,
+                  where: str | None = None) -> Any:
+        """Upload a shard's bytes now; the returned operation goes into the commit, which then only names them."""
+        from huggingface_hub import CommitOperationAdd
+
+        op = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+        with hub_errors(f"uploading {path.name} to {where or repo_id}"):
+            self.api.preupload_lfs_files(repo_id, additions=[op], revision=revision, create_pr=create_pr or None)
+        return op
+
+    def commit(self, repo_id: str, *, message: str, uploaded: Sequence[Any] = (),
+               add: Mapping[str, Path | bytes] | None = None, delete: Iterable[str] = (),
+               description: str | None = None, parent: str | None = None, revision: str | None = None,
+               create_pr: bool = False, what: str | None = None) -> Any:
+        """One commit: the pre-uploaded shards, then ``add`` (path in repo -> local file or bytes), then the
+        deletions. With ``parent``, it fails (``HubError.CONFLICT``) if the branch moved since that commit."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        operations: list = list(uploaded)
+        operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data if isinstance(data, bytes)
+                                          else str(data)) for name, data in (add or {}).items()]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in delete]
+        with hub_errors(what or f"committing to {repo_id}"):
+            return self.api.create_commit(repo_id, operations, commit_message=message,
+                                          commit_description=description, parent_commit=parent, revision=revision,
+                                          create_pr=create_pr or None)
+
+    def open_pull_request(self, repo_id: str, *, title: str, description: str) -> int:
+        with hub_errors(f"opening a pull request on {repo_id}"):
+            return self.api.create_pull_request(repo_id, title=title, description=description).num
+
+    def merge_pull_request(self, repo_id: str, number: int, *, comment: str, what: str | None = None) -> None:
+        with hub_errors(what or f"merging {repo_id}#{number}"):
+            self.api.merge_pull_request(repo_id, number, comment=comment)
+
+    def delete_repo(self, repo_id: str) -> None:
+        with hub_errors(f"cleaning up {repo_id}"):
+            self.api.delete_repo(repo_id, missing_ok=True)
+
+
+class ShardUploader:
+    """A merge's ``on_shard`` callback: each finished shard is uploaded at once and deleted locally, so the
+    disk holds only the shard being written; ``uploaded`` then goes into the commit."""
+
+    def __init__(self, hub: Hub, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
+                 where: str | None = None):
+        self.hub, self.repo_id, self.revision, self.create_pr, self.where = hub, repo_id, revision, create_pr, where
+        self.uploaded: list = []
+
+    def __call__(self, path: Path) -> None:
+        op = self.hub.preupload(self.repo_id, path, revision=self.revision, create_pr=self.create_pr,
+                                where=self.where)
+        path.unlink()
+        self.uploaded.append(op)
+
+    def sha256(self) -> dict[str, str]:
+        """Name -> hex SHA-256 of every uploaded shard."""
+        return {op.path_in_repo: op.upload_info.sha256.hex() for op in self.uploaded}
+
+
+def _bounded_read(path: Path, display: str, max_bytes: int) -> bytes:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise SourceError(f"{display} is {size} bytes, more than the {max_bytes} allowed for it")
+    return path.read_bytes()

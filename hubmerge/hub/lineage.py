@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from hubmerge.errors import HubError, HubmergeError
-from hubmerge.hub.client import hub_errors
 from hubmerge.output.lineage import Lineage, LineageEdge, LineageNode
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.model import looks_like_repo_id
@@ -212,10 +211,10 @@ class LineageBuilder:
         except _OutOfCalls:
             node.status, node.note = "unexplored", f"not read: the limit of {self.max_calls} Hub calls was reached"
         except HubError as exc:
-            node.status, node.note = "missing", _short(exc.message)
+            node.status, node.note = "missing", _note(exc)
             logger.info("lineage: %s: %s", node.name, exc.message)
         except HubmergeError as exc:
-            node.status, node.note = "missing", _short(exc.message)
+            node.status, node.note = "missing", _note(exc)
         return None
 
     @staticmethod
@@ -239,15 +238,12 @@ class LineageBuilder:
             if cached is not None:
                 return cached
         self._call()
-        with hub_errors(f"{repo}@{rev or 'main'}"):
-            info = self.hub.api.model_info(repo, revision=rev)
-        sha = info.sha or rev
+        sha, files = self.hub.repo_files(repo, rev)
         node.revision = sha
         if sha:
             cached = self.cache.get((self.endpoint, repo, sha))
             if cached is not None:
                 return cached
-        files = [s.rfilename for s in (info.siblings or [])]
         readme = None
         if "README.md" in files:
             self._call()
@@ -280,12 +276,13 @@ def _reaches(lineage: Lineage, start: str, target: str) -> bool:
     return False
 
 
-def _short(text: str) -> str:
-    text = text.splitlines()[0] if text else ""
-    for marker in ("repo not found", "revision not found", "gated", "permission denied", "cannot reach"):
-        if marker in text:
-            return {"repo not found": "not found on the Hub"}.get(marker, text.split(": ", 1)[-1])
-    return text[:120]
+def _note(exc: HubmergeError) -> str:
+    """Why a parent's card could not be read, in a few words for the graph."""
+    if isinstance(exc, HubError) and exc.kind == HubError.NOT_FOUND and exc.missing == "repo":
+        return "not found on the Hub"
+    if isinstance(exc, HubError) and exc.kind != HubError.OTHER:
+        return exc.reason.splitlines()[0]
+    return (exc.message.splitlines()[0] if exc.message else "")[:120]
 
 
 def lineage_of(target: str, *, hub: Any = None, depth: int = DEFAULT_DEPTH,

@@ -105,6 +105,11 @@ class WebhookReceiver:
         except Exception:  # keep serving: one failing target must not stop the receiver
             logger.exception("re-merge of %s failed", target)
 
+    def scheduled(self) -> list[str]:
+        """The targets waiting for their debounce to end."""
+        with self._lock:
+            return sorted(self._timers)
+
     def flush(self) -> None:
         """Fire every pending target now (tests and shutdown)."""
         with self._lock:

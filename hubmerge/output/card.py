@@ -5,33 +5,28 @@ Front matter: ``base_model`` (every Hub parent), ``base_model_relation: merge``,
 ``library_name``, ``pipeline_tag`` (the base's), and our ``hubmerge:`` block: the recipe pinned to commit
 SHAs, the content hash of the output tensors, versions, device class and dtype.
 
-Body, between BEGIN/END markers so a re-push replaces only our section: title and summary, the method and
-its paper, the sources table, the lineage graph (Mermaid plus a plain list), the recipe, the commands
-that reproduce and verify it, and a transformers snippet.
+Body, between BEGIN/END markers so a re-push replaces only our section: ``card_template.md`` filled by one
+small helper per section (title and summary, the method and its paper, the sources table, the license
+table when the parents disagree, the lineage graph as Mermaid plus a plain list, the recipe, the commands
+that reproduce and verify it, a transformers snippet). The parents' cards and the license policy are in
+``parents.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
+from importlib import resources
+from string import Template
 from typing import Any, Protocol
 
 from hubmerge import __version__
-from hubmerge.errors import HubmergeError
 from hubmerge.output.lineage import Lineage
+from hubmerge.output.parents import LicenseDecision, ParentCard, decide_license, license_summary, parent_cards
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.model import ModelSource
-from hubmerge.spec.cards import (
-    CardInfo,
-    card_info,
-    find_recipe,
-    format_params,
-    format_setting,
-    recipe_file,
-    recipe_parents,
-)
+from hubmerge.spec.cards import RecipeParent, format_params, format_setting, recipe_parents
 from hubmerge.spec.frontmatter import front_matter, split_front_matter
 from hubmerge.spec.model import MergeSpec
 from hubmerge.spec.pin import pinned_document
@@ -42,7 +37,6 @@ logger = logging.getLogger(__name__)
 BEGIN = "<!-- hubmerge:begin -->"
 END = "<!-- hubmerge:end -->"
 PROJECT_URL = "https://github.com/org/hubmerge"
-OTHER = "other"
 
 
 class MergePlan(Protocol):
@@ -53,104 +47,6 @@ class MergePlan(Protocol):
     models: list[ModelSource]
     tensors: list[Any]  # planned output tensors (their .dtype)
     config_source: int  # index of the model whose config the output takes
-
-
-# ---------------------------------------------------------------------------------------------
-# What the parents' cards say
-
-
-@dataclass
-class ParentCard:
-    """One input model of a merge and its own card."""
-
-    name: str  # Hub repo id or local path, as the recipe names it
-    revision: str | None  # pinned commit SHA (Hub) or None (local)
-    is_hub: bool
-    info: CardInfo
-    folder: Path | None = None  # local models: where the merge found it
-
-    @property
-    def license(self) -> str | None:
-        value = self.info.meta.get("license")
-        if isinstance(value, list):
-            value = value[0] if len(value) == 1 else None
-        return str(value) if isinstance(value, (str, int, float)) and str(value).strip() else None
-
-    @property
-    def license_name(self) -> str | None:
-        return self.info.meta.get("license_name") if isinstance(self.info.meta.get("license_name"), str) else None
-
-    @property
-    def license_link(self) -> str | None:
-        return self.info.meta.get("license_link") if isinstance(self.info.meta.get("license_link"), str) else None
-
-    @property
-    def pipeline_tag(self) -> str | None:
-        tag = self.info.meta.get("pipeline_tag")
-        return tag if isinstance(tag, str) and tag else None
-
-
-def _read_text(model, name: str) -> str | None:
-    try:
-        data = model.read_file(name)
-    except HubmergeError as exc:
-        logger.warning("%s: cannot read %s (%s)", model.name, name, exc.message)
-        return None
-    return data.decode("utf-8", errors="replace") if data is not None else None
-
-
-def parent_cards(plan: MergePlan) -> list[ParentCard]:
-    """The card of every input model (read through the Hub facade or from the local folder), by name."""
-    return parent_cards_of(plan.models)
-
-
-def parent_cards_of(models: list[ModelSource]) -> list[ParentCard]:
-    """``parent_cards`` of any opened inputs (a tool job's models)."""
-    out: dict[str, ParentCard] = {}
-    for m in models:
-        if m.name in out:
-            continue
-        try:
-            files = list(m.list_files())
-        except HubmergeError:
-            files = []
-        info = card_info(_read_text(m, "README.md"), files, source=f"{m.name}/README.md")
-        if find_recipe(info) is None and recipe_file(files):
-            info = card_info(_read_text(m, "README.md"), files, _read_text(m, recipe_file(files)),
-                             source=f"{m.name}/README.md")
-        folder = None if m.is_hub else getattr(m.reader, "root", None)
-        out[m.name] = ParentCard(m.name, m.revision if m.is_hub else None, m.is_hub, info,
-                                 Path(folder) if folder is not None else None)
-    return list(out.values())
-
-
-@dataclass
-class LicenseDecision:
-    metadata: dict[str, str]  # license (+ license_name/license_link when inherited as "other")
-    table: list[tuple[str, str | None]]  # (parent, its license) when the parents do not all agree
-    mixed: bool  # parents differ or some are unknown
-
-
-def decide_license(override: str | None, parents: list[ParentCard]) -> LicenseDecision:
-    """All parents agree on one known license: inherit it (with license_name/link for a shared 'other').
-    Otherwise 'other' plus a table of the parents' licenses. An explicit override always wins."""
-    licenses = [(p.name, p.license) for p in parents]
-    known = {lic for _, lic in licenses if lic is not None}
-    if parents and len(known) == 1 and all(lic is not None for _, lic in licenses):
-        lic = next(iter(known))
-        meta = {"license": lic}
-        agree = True
-        if lic == OTHER:  # custom licenses: the same only if they name the same one
-            names = {p.license_name for p in parents}
-            links = {p.license_link for p in parents}
-            agree = len(names) == 1 and len(links) == 1
-            if agree and None not in names:
-                meta["license_name"] = next(iter(names))
-            if agree and None not in links:
-                meta["license_link"] = next(iter(links))
-        if agree:
-            return LicenseDecision({"license": override} if override else meta, [], False)
-    return LicenseDecision({"license": override or OTHER}, licenses, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +105,7 @@ def _base_parent(plan: MergePlan, parents: list[ParentCard]) -> ParentCard | Non
 def card_metadata(plan: MergePlan, digest: str | None, *, device: str = "cpu",
                   parents: list[ParentCard] | None = None, warn: bool = True) -> dict[str, Any]:
     spec = plan.spec
-    parents = parent_cards(plan) if parents is None else parents
+    parents = parent_cards(plan.models) if parents is None else parents
     hub_ids = list(dict.fromkeys([m.name for m in plan.models if m.is_hub]
                                  + [a.name for a in _adapters(plan) if a.is_hub]))  # as mergekit lists LoRAs
     tags = ["merge", "hubmerge", spec.merge_method]
@@ -233,17 +129,6 @@ def card_metadata(plan: MergePlan, digest: str | None, *, device: str = "cpu",
     return meta
 
 
-def license_summary(table: list[tuple[str, str | None]]) -> str:
-    known = {lic for _, lic in table if lic}
-    unknown = [name for name, lic in table if not lic]
-    parts = []
-    if len(known) > 1:
-        parts.append("differ (" + ", ".join(f"{n}: {lic}" for n, lic in table if lic) + ")")
-    if unknown:
-        parts.append("are unknown for " + ", ".join(unknown))
-    return " and ".join(parts) or "are unknown"
-
-
 # ---------------------------------------------------------------------------------------------
 # Body
 
@@ -265,92 +150,77 @@ def _method_line(plan: MergePlan) -> str:
     return text
 
 
+@lru_cache(maxsize=1)
+def card_template() -> Template:
+    """The body of our section (``card_template.md``); each ``${name}`` is filled by a section helper below."""
+    return Template(resources.files("hubmerge.output").joinpath("card_template.md").read_text(encoding="utf-8"))
+
+
 def render_card(plan: MergePlan, digest: str | None, *, title: str, device: str = "cpu",
                 repo_id: str | None = None, endpoint: str | None = None, parents: list[ParentCard] | None = None,
                 lineage: Lineage | None = None, warn: bool = True) -> str:
     """The whole README.md: front matter plus our delimited section. ``lineage``: the family tree to draw
     (``hubmerge.hub.lineage`` walks it); without one the section says it is not available."""
     endpoint = (endpoint or default_endpoint()).rstrip("/")
-    parents = parent_cards(plan) if parents is None else parents
+    parents = parent_cards(plan.models) if parents is None else parents
     meta = card_metadata(plan, digest, device=device, parents=parents, warn=warn)
     block = meta["hubmerge"]
     recipe = block["recipe"]
-    spec = plan.spec
-    by_name = {p.name: p for p in parents}
     sources = recipe_parents(recipe)
-
-    lines = [BEGIN, f"# {title}", ""]
     if getattr(plan, "kind", "merge") == "moe":  # a mixture of experts: its experts, prompts and router
         from hubmerge.output.moe_card import moe_sections
 
-        lines += moe_sections(plan, by_name, endpoint, link=source_link, project_url=PROJECT_URL)
+        head = "\n".join(moe_sections(plan, {p.name: p for p in parents}, endpoint, link=source_link,
+                                       project_url=PROJECT_URL))
     else:
-        lines += _merge_sections(plan, recipe, sources, by_name, endpoint)
-
-    decision = decide_license(spec.hubmerge.license, parents)
-    if decision.table:
-        lines += ["", "## License", ""]
-        if spec.hubmerge.license:
-            lines.append(f"The license `{spec.hubmerge.license}` was set in the recipe. The parents' licenses:")
-        else:
-            lines.append("The parents do not share one known license, so this card says `license: other`. "
-                         "Check each parent's terms before using or redistributing this model:")
-        lines += ["", "| parent | license |", "|---|---|"]
-        lines += [f"| `{name}` | {lic or 'unknown'} |" for name, lic in decision.table]
-
-    lines += ["", "## Lineage", ""]
-    if lineage is not None:
-        lines += ["```mermaid", lineage.to_mermaid().rstrip(), "```", "", lineage.to_markdown().rstrip()]
-    else:
-        lines.append("(not available)")
-
-    lines += ["", "## Recipe", "", "Every Hub model is pinned to the commit it was merged from:", "",
-              "```yaml", dump_yaml(recipe).rstrip(), "```", ""]
-    target = repo_id or "<this repo or folder>"
-    commands = [(f"hubmerge reproduce {target} -o {title}", "run the pinned recipe again"),
-                (f"hubmerge verify {target}", "re-merge, compare with the content hash below")]
-    width = max(len(c) for c, _ in commands) + 2
-    lines += ["## Reproduce", "", "```bash", "pip install hubmerge"]
-    lines += [f"{c:<{width}}# {why}" for c, why in commands] + ["```", ""]
-    if digest:
-        lines.append(f"Content hash of the merged tensors (independent of sharding): `{digest}`.")
-    else:
-        lines.append("Content hash: not computed (this card was generated from the recipe without merging).")
-    versions = block["versions"]
-    lines += [f"Merged on {block['device']} in {block['dtype'] or 'the input dtype'} with hubmerge "
-              f"{versions['hubmerge']}, torch {versions['torch']}, safetensors {versions['safetensors']}.", ""]
-    model_id = repo_id or title
-    lines += ["## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f'model_id = "{model_id}"', "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-              'model = AutoModelForCausalLM.from_pretrained(model_id, torch_dtype="auto")',
-              'inputs = tokenizer("The merged model says", return_tensors="pt")',
-              "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))", "```", "", END]
-    return front_matter(meta) + "\n" + "\n".join(lines) + "\n"
+        head = merge_sections(plan, recipe, sources, parents, endpoint)
+    body = card_template().substitute(
+        begin=BEGIN, end=END, title=title, head=head,
+        license=license_section(decide_license(plan.spec.hubmerge.license, parents), plan.spec.hubmerge.license),
+        lineage=lineage_section(lineage), recipe=dump_yaml(recipe).rstrip(), commands=reproduce_commands(repo_id, title),
+        content_hash=content_hash_line(digest), merged_on=merged_on_line(block), model_id=repo_id or title)
+    return front_matter(meta) + "\n" + body
 
 
-def _merge_sections(plan: MergePlan, recipe: dict[str, Any], sources, by_name: dict[str, ParentCard],
-                    endpoint: str) -> list[str]:
-    """Summary, method and sources table of a merge's card (an MoE's: ``moe_card``)."""
-    spec = plan.spec
+# Section helpers: each returns its part of the body, without a trailing newline.
+
+
+def merge_sections(plan: MergePlan, recipe: dict[str, Any], sources: list[RecipeParent], parents: list[ParentCard],
+                   endpoint: str) -> str:
+    """The head of a merge's card: summary, method, sources (an MoE's is ``moe_card.moe_sections``)."""
+    return "\n\n".join([summary_section(plan.spec.merge_method, sources), "## Method", method_section(plan, recipe),
+                        "## Sources", sources_section(sources, parents, endpoint)])
+
+
+def summary_section(method: str, sources: list[RecipeParent]) -> str:
     base = next((s for s in sources if "base" in s.roles), None)
     others = [s for s in sources if s is not base]
-    lines: list[str] = []
-    summary = (f"A **{spec.merge_method}** merge of {len(sources)} model{'s' if len(sources) != 1 else ''}"
-               + (f" on top of `{base.path}`" if base is not None else "")
-               + f", made with [hubmerge]({PROJECT_URL}).")
+    text = (f"A **{method}** merge of {len(sources)} model{'s' if len(sources) != 1 else ''}"
+            + (f" on top of `{base.path}`" if base is not None else "")
+            + f", made with [hubmerge]({PROJECT_URL}).")
     if others:
-        summary += " Merged: " + ", ".join(f"`{s.path}`" for s in others) + "."
-    lines += [summary, "", "## Method", "", _method_line(plan)]
+        text += " Merged: " + ", ".join(f"`{s.path}`" for s in others) + "."
+    return text
+
+
+def method_section(plan: MergePlan, recipe: dict[str, Any]) -> str:
+    """The method and its paper, the shared parameters and the dtypes computed in."""
+    parts = [_method_line(plan)]
     shared = recipe.get("parameters")
     if isinstance(shared, dict) and shared:
-        lines += ["", "Shared parameters: " + ", ".join(f"`{k}={format_setting(v)}`" for k, v in shared.items())
-                  + "."]
+        parts.append("Shared parameters: " + ", ".join(f"`{k}={format_setting(v)}`" for k, v in shared.items())
+                     + ".")
     dtype_bits = [f"`dtype: {recipe['dtype']}`" if recipe.get("dtype") else None,
                   f"`out_dtype: {recipe['out_dtype']}`" if recipe.get("out_dtype") else None]
     if any(dtype_bits):
-        lines += ["", "Computed in " + " and ".join(b for b in dtype_bits if b) + "."]
+        parts.append("Computed in " + " and ".join(b for b in dtype_bits if b) + ".")
+    return "\n\n".join(parts)
 
-    lines += ["", "## Sources", "", "| model | role | revision | license | parameters |", "|---|---|---|---|---|"]
+
+def sources_section(sources: list[RecipeParent], parents: list[ParentCard], endpoint: str) -> str:
+    """A table of every model the recipe names: role, pinned revision, license, parameters."""
+    by_name = {p.name: p for p in parents}
+    lines = ["| model | role | revision | license | parameters |", "|---|---|---|---|---|"]
     for s in sources:
         parent = by_name.get(s.path)
         is_hub = parent.is_hub if parent is not None else bool(s.revision)
@@ -365,7 +235,46 @@ def _merge_sections(plan: MergePlan, recipe: dict[str, Any], sources, by_name: d
         cells = [source_link(s.path, revision, endpoint), role, f"`{revision[:12]}`" if revision else "local", license_,
                  params or "—"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return lines
+    return "\n".join(lines)
+
+
+def license_section(decision: LicenseDecision, override: str | None) -> str:
+    """The parents' licenses when they do not agree (or the recipe set one); empty otherwise."""
+    if not decision.table:
+        return ""
+    if override:
+        intro = f"The license `{override}` was set in the recipe. The parents' licenses:"
+    else:
+        intro = ("The parents do not share one known license, so this card says `license: other`. "
+                 "Check each parent's terms before using or redistributing this model:")
+    rows = [f"| `{name}` | {lic or 'unknown'} |" for name, lic in decision.table]
+    return "\n\n" + "\n".join(["## License", "", intro, "", "| parent | license |", "|---|---|", *rows])
+
+
+def lineage_section(lineage: Lineage | None) -> str:
+    if lineage is None:
+        return "(not available)"
+    return "```mermaid\n" + lineage.to_mermaid().rstrip() + "\n```\n\n" + lineage.to_markdown().rstrip()
+
+
+def reproduce_commands(repo_id: str | None, title: str) -> str:
+    target = repo_id or "<this repo or folder>"
+    commands = [(f"hubmerge reproduce {target} -o {title}", "run the pinned recipe again"),
+                (f"hubmerge verify {target}", "re-merge, compare with the content hash below")]
+    width = max(len(c) for c, _ in commands) + 2
+    return "\n".join(f"{c:<{width}}# {why}" for c, why in commands)
+
+
+def content_hash_line(digest: str | None) -> str:
+    if digest:
+        return f"Content hash of the merged tensors (independent of sharding): `{digest}`."
+    return "Content hash: not computed (this card was generated from the recipe without merging)."
+
+
+def merged_on_line(block: dict[str, Any]) -> str:
+    versions = block["versions"]
+    return (f"Merged on {block['device']} in {block['dtype'] or 'the input dtype'} with hubmerge "
+            f"{versions['hubmerge']}, torch {versions['torch']}, safetensors {versions['safetensors']}.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from hubmerge.errors import HubmergeError
 
@@ -150,6 +150,22 @@ class Lineage:
         if fmt not in renderers:
             raise HubmergeError(f"unknown lineage format {fmt!r}", hint="use mermaid, markdown, json or dot")
         return renderers[fmt]()
+
+
+def direct_lineage(root: str, parents: Iterable[tuple[str, str | None, bool, str]], *,
+                   revision: str | None = None, endpoint: str | None = None) -> Lineage:
+    """One generation: a merge and the models it was made from, for when their cards are not walked.
+    ``parents``: (name, pinned revision, is on the Hub, role "base" or "model")."""
+    key = f"new:{root}"
+    lineage = Lineage(key, {key: LineageNode(key, root, "new", 0, revision=revision)})
+    for name, rev, is_hub, role in parents:
+        kind = "hub" if is_hub else "local"
+        pkey = f"{kind}:{name}"
+        if pkey not in lineage.nodes:
+            url = f"{endpoint}/{name}" if endpoint and is_hub else None
+            lineage.nodes[pkey] = LineageNode(pkey, name, kind, 1, revision=rev, url=url)
+        lineage.edges.append(LineageEdge(key, pkey, "merge", "merge (base)" if role == "base" else "merge"))
+    return lineage
 
 
 def mermaid_text(text: str) -> str:

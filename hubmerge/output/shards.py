@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -162,12 +163,15 @@ class Progress:
 
 
 class ShardWriter:
-    """Writes tensors, in layout order, into the shard files of ``folder``."""
+    """Writes tensors, in layout order, into the shard files of ``folder``; ``on_shard_done(path)`` is called
+    with each shard once it is complete on disk (push uploads it)."""
 
-    def __init__(self, folder: Path, shards: list[Shard], progress: Progress):
+    def __init__(self, folder: Path, shards: list[Shard], progress: Progress,
+                 on_shard_done: Callable[[Path], None] | None = None):
         self.folder = folder
         self.shards = shards
         self.progress = progress
+        self.on_shard_done = on_shard_done
         self._shard_of = {e.name: (i, s) for i, s in enumerate(shards) for e in s.entries}
         self._file = None
         self._current: int | None = None
@@ -236,9 +240,8 @@ class ShardWriter:
         self.progress.shards[shard.filename] = True
         self.progress.save()
         logger.debug("wrote %s", shard.filename)
-        on_done = getattr(self, "on_shard_done", None)
-        if on_done is not None:
-            on_done(self.folder / shard.filename)
+        if self.on_shard_done is not None:
+            self.on_shard_done(self.folder / shard.filename)
 
     def abort(self) -> None:
         if self._file is not None:

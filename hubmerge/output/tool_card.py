@@ -15,18 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubmerge.output.card import (
-    BEGIN,
-    END,
-    PROJECT_URL,
-    ParentCard,
-    decide_license,
-    license_summary,
-    pinned_block,
-    source_link,
-    update_readme,
-)
+from hubmerge.output.card import BEGIN, END, PROJECT_URL, pinned_block, source_link, update_readme
 from hubmerge.output.lineage import Lineage
+from hubmerge.output.parents import ParentCard, decide_license, license_summary
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.spec.frontmatter import front_matter
 from hubmerge.spec.yamlio import dump_yaml

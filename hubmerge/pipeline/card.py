@@ -9,8 +9,9 @@ from typing import Any
 from hubmerge.errors import HubmergeError
 from hubmerge.hub.lineage import DEFAULT_DEPTH, LineageBuilder
 from hubmerge.merge.plan import MergePlan
-from hubmerge.output.card import ParentCard, parent_cards, pinned_recipe_block, render_card, update_readme
+from hubmerge.output.card import pinned_recipe_block, render_card, update_readme
 from hubmerge.output.lineage import Lineage
+from hubmerge.output.parents import ParentCard, parent_cards
 from hubmerge.spec.cards import CardInfo, parents_of
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def card_text(plan: MergePlan, digest: str | None, *, title: str, device: str = 
               hub: Any = None, existing: str | None = None, lineage_depth: int | None = None,
               warn: bool = True) -> str:
     """The README of a merge (``existing``: the README it replaces, whose prose and own keys are kept)."""
-    parents = parent_cards(plan)
+    parents = parent_cards(plan.models)
     recipe = pinned_recipe_block(plan, digest, device=device)["recipe"]
     lineage = merge_lineage(title if repo_id is None else repo_id, recipe, parents, hub, lineage_depth)
     card = render_card(plan, digest, title=title, device=device, repo_id=repo_id,

@@ -212,6 +212,7 @@ class ExtractResult:
     digests: dict[str, str]
     seconds: float = 0.0
     dtype: str | None = None  # safetensors dtype code of the LoRA factors
+    card: str | None = None  # the README the card writer wrote (and returned)
 
 
 def adapter_config(plan: ExtractionPlan, report: ExtractionReport, base_ref: tuple[str, str | None]) -> dict[str, Any]:
@@ -290,7 +291,7 @@ def run_extraction(spec: ExtractLoraSpec, out_dir: str | Path, options: ToolRun 
             result = ExtractResult(target_dir.resolve(), plan, report, digest, files, dict(progress.digests),
                                    time.perf_counter() - start, dtypes[0] if dtypes else None)
             if card_writer is not None:
-                card_writer(result, partial)
+                result.card = card_writer(result, partial)
                 files.append("README.md")
             commit_partial(partial, target_dir)
         except BaseException:

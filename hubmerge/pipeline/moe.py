@@ -71,7 +71,7 @@ def run_moe(spec: MoESpec, out_dir: str | Path, options: MergeOptions | None = N
             shards = layout_shards([ShardEntry(t.name, t.dtype, t.shape) for t in plan.tensors], max_shard)
             fingerprint = moe_fingerprint(plan, rows, max_shard)
             # Copying and scaling tensors gains nothing from a GPU (--device serves the hidden states).
-            digest, files, progress = stream_to_folder(
+            digest, files, progress, card = stream_to_folder(
                 plan, plan.items, shards, target, replace(options, device="cpu"), fingerprint,
                 finalize=lambda folder, digest: finalize_moe(plan, folder, shards, digest, tokenizer),
                 card_writer=card_writer, in_parts=True)
@@ -80,7 +80,7 @@ def run_moe(spec: MoESpec, out_dir: str | Path, options: MergeOptions | None = N
             m.close()
     logger.info("built a %d-expert %s model in %s (%s)", len(spec.experts), plan.family.display, target, digest)
     return MergeResult(target.resolve(), plan, digest, [s.filename for s in shards], files, dict(progress.digests),
-                       fingerprint)
+                       fingerprint, card)
 
 
 # -- router rows ------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class MergeResult:
     files: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # tensor name -> hex digest (see output.shards)
     fingerprint: str = ""
+    card: str | None = None  # the README the card writer wrote (and returned)
 
 
 def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
@@ -70,18 +71,17 @@ def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
 
 def stream_to_folder(plan, items: list[PlannedTensor], shards, target: Path, options: MergeOptions, fingerprint: str,
                      *, finalize: Callable[[Path, str], list[str]], card_writer=None,
-                     in_parts: bool = False) -> tuple[str, list[str], Progress]:
+                     in_parts: bool = False) -> tuple[str, list[str], Progress, str | None]:
     """Stream ``items`` through the executor into ``shards`` in a partial folder beside ``target``, resuming
     what a matching earlier run finished; ``finalize(folder, digest)`` writes everything beside the shards.
     The folder is renamed into place only when complete. ``in_parts``: several items make up one output
-    tensor, in order (an MoE's fused experts). Returns the content hash, the files written and the progress."""
+    tensor, in order (an MoE's fused experts). ``card_writer(plan, digest, folder)`` writes the README and
+    returns its text. Returns the content hash, the files written, the progress and the card's text."""
     partial = prepare_partial(target, resume=options.resume, overwrite=options.overwrite)
     try:
         progress = _resumed_progress(partial, fingerprint, shards) if options.resume else None
         progress = progress or Progress(partial, fingerprint)
-        writer = ShardWriter(partial, shards, progress)
-        if options.on_shard is not None:
-            writer.on_shard_done = options.on_shard
+        writer = ShardWriter(partial, shards, progress, on_shard_done=options.on_shard)
         selected = [s for s in shards if options.only_shards is None or s.filename in options.only_shards]
         wanted = {e.name for s in selected for e in s.entries}
         done = {e.name for s in selected if writer.shard_done(s) for e in s.entries}
@@ -95,10 +95,11 @@ def stream_to_folder(plan, items: list[PlannedTensor], shards, target: Path, opt
         finally:
             writer.abort()
         digest = content_hash({k: bytes.fromhex(v) for k, v in progress.digests.items()})
+        card = None
         if options.only_shards is None:
             files = finalize(partial, digest)
             if card_writer is not None:
-                card_writer(plan, digest, partial)
+                card = card_writer(plan, digest, partial)
                 files.append("README.md")
         else:
             files = [s.filename for s in selected]
@@ -107,7 +108,7 @@ def stream_to_folder(plan, items: list[PlannedTensor], shards, target: Path, opt
     except BaseException:
         discard_partial(partial, keep_if_resumable=True)
         raise
-    return digest, files, progress
+    return digest, files, progress, card
 
 
 def _resumed_progress(partial: Path, fingerprint: str, shards) -> Progress | None:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from hubmerge.errors import HubError, SpecError
-from hubmerge.hub.client import Hub, hub_errors
+from hubmerge.hub.client import Hub, ShardUploader, folder_files, stale_weight_files
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE, Shard, content_hash
 from hubmerge.pipeline.card import write_card
-from hubmerge.pipeline.push import GENERATED_FILES, WEIGHT_SUFFIXES, target_of
+from hubmerge.pipeline.push import target_of
 from hubmerge.pipeline.run import MergeOptions, finalize_folder, plan_fingerprint, plan_spec, run_merge, shard_layout
 from hubmerge.spec.model import MergeSpec
 from hubmerge.spec.parse import spec_from_dict
@@ -82,61 +82,41 @@ class PullRequestState:
 
 def pr_state(hub: Hub, repo_id: str, number: int) -> PullRequestState:
     revision = f"refs/pr/{number}"
-    with hub_errors(f"{repo_id} pull request #{number}"):
-        info = hub.api.model_info(repo_id, revision=revision, files_metadata=True)
-    return PullRequestState(number, revision, {s.rfilename: (s.lfs.sha256 if s.lfs else None) for s in info.siblings or []})
-
-
-def _read_json(hub: Hub, repo_id: str, revision: str, path: str) -> dict[str, Any] | None:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        with hub_errors(f"{repo_id}@{revision}/{path}"):
-            local = hf_hub_download(repo_id, path, revision=revision, endpoint=hub.endpoint, token=hub.token or False,
-                                    force_download=True)
-    except HubError as exc:
-        if "not found" in exc.message:
-            return None
-        raise
-    return json.loads(Path(local).read_text())
+    files = hub.list_files(repo_id, revision, what=f"{repo_id} pull request #{number}")
+    return PullRequestState(number, revision, {f.path: f.lfs_sha256 for f in files})
 
 
 def open_pr(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool | None = None,
             max_shard_size: int | None = None) -> int:
     """Create the pull request the parts will fill; pins every source once, for all parts."""
-    from huggingface_hub import CommitOperationAdd
-
     repo_id = target_of(spec, repo_id)
-    with hub_errors(f"target {repo_id}"):
-        hub.api.create_repo(repo_id, private=spec.hubmerge.private if private is None else private, exist_ok=True)
-        hub.api.auth_check(repo_id, write=True)
+    hub.ensure_writable_repo(repo_id, private=spec.hubmerge.private if private is None else private)
     refs = [r for ref in spec.referenced_models() for r in (ref, ref.lora) if r is not None]  # adapters too
     pins = {r.path: hub.resolve(r.path, r.revision) for r in refs if not Path(r.path).exists()}
     recipe = pinned_document(spec.raw, pins)
-    state = {"recipe": recipe, "max_shard_size": max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE}
-    with hub_errors(f"opening a pull request on {repo_id}"):
-        pr = hub.api.create_pull_request(repo_id, title=f"hubmerge: {spec.merge_method} merge (in parts)",
-                                         description="Opened by `hubmerge push --open-pr`; parts commit their shards here, "
-                                                     "`hubmerge finalize` merges it.")
-        hub.api.create_commit(repo_id, [CommitOperationAdd(RECIPE_FILE, json.dumps(state, indent=2).encode())],
-                              commit_message="hubmerge: pinned recipe for the parts", revision=f"refs/pr/{pr.num}")
-    logger.info("opened pull request #%d on %s", pr.num, repo_id)
-    return pr.num
+    state = {"recipe": recipe,
+             "max_shard_size": max_shard_size or spec.hubmerge.max_shard_size or DEFAULT_MAX_SHARD_SIZE}
+    number = hub.open_pull_request(repo_id, title=f"hubmerge: {spec.merge_method} merge (in parts)",
+                                   description="Opened by `hubmerge push --open-pr`; parts commit their shards here, "
+                                               "`hubmerge finalize` merges it.")
+    hub.commit(repo_id, add={RECIPE_FILE: json.dumps(state, indent=2).encode()},
+               message="hubmerge: pinned recipe for the parts", revision=f"refs/pr/{number}",
+               what=f"opening a pull request on {repo_id}")
+    logger.info("opened pull request #%d on %s", number, repo_id)
+    return number
 
 
 def _pr_spec(hub: Hub, repo_id: str, number: int) -> tuple[MergeSpec, int]:
-    state = _read_json(hub, repo_id, f"refs/pr/{number}", RECIPE_FILE)
+    state = hub.read_json(repo_id, f"refs/pr/{number}", RECIPE_FILE)
     if state is None:
-        raise HubError(f"{repo_id} pull request #{number} has no {RECIPE_FILE}",
-                       hint="open the pull request with 'hubmerge push SPEC --open-pr'")
+        raise HubError(f"{repo_id} pull request #{number} has no {RECIPE_FILE}", kind=HubError.NOT_FOUND,
+                       missing="file", hint="open the pull request with 'hubmerge push SPEC --open-pr'")
     return spec_from_dict(state["recipe"], source=f"{repo_id}#{number} {RECIPE_FILE}"), int(state["max_shard_size"])
 
 
 def push_part(spec: MergeSpec, part: str, number: int, *, hub: Hub, repo_id: str | None = None,
               device: str = "cpu", base_dir: Path | None = None, show_progress: bool = True) -> bool:
     """Merge one part and commit its shards into the pull request. Returns False when it was already there."""
-    from huggingface_hub import CommitOperationAdd
-
     i, n = parse_part(part)
     repo_id = target_of(spec, repo_id)
     pinned, max_shard = _pr_spec(hub, repo_id, number)
@@ -149,41 +129,30 @@ def push_part(spec: MergeSpec, part: str, number: int, *, hub: Hub, repo_id: str
             m.close()
     mine = partition(shards, n)[i - 1]
     state = pr_state(hub, repo_id, number)
-    recorded = _read_json(hub, repo_id, state.revision, part_file(i, n)) if part_file(i, n) in state.files else None
+    recorded = hub.read_json(repo_id, state.revision, part_file(i, n)) if part_file(i, n) in state.files else None
     if (recorded and recorded.get("fingerprint") == fingerprint
             and all(state.files.get(name) == sha for name, sha in recorded["shards"].items())
             and set(recorded["shards"]) == {s.filename for s in mine}):
         logger.info("part %d/%d is already in pull request #%d; nothing to do", i, n, number)
         return False
-    revision = state.revision
-    uploaded: list = []
-
-    def upload(path: Path) -> None:
-        op = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-        with hub_errors(f"uploading {path.name} to {repo_id}#{number}"):
-            hub.api.preupload_lfs_files(repo_id, additions=[op], revision=revision)
-        path.unlink()
-        uploaded.append(op)
-
+    uploader = ShardUploader(hub, repo_id, revision=state.revision, where=f"{repo_id}#{number}")
     with tempfile.TemporaryDirectory(prefix="hubmerge-part-") as tmp:
         result = run_merge(pinned, Path(tmp) / "out", MergeOptions(
             device=device, max_shard_size=max_shard, base_dir=base_dir, show_progress=show_progress,
-            on_shard=upload, only_shards={s.filename for s in mine}), hub=hub)
-        oids = {op.path_in_repo: op.upload_info.sha256.hex() for op in uploaded}
+            on_shard=uploader, only_shards={s.filename for s in mine}), hub=hub)
+        oids = uploader.sha256()
         manifest = {"part": f"{i}/{n}", "fingerprint": fingerprint,
                     "shards": {s.filename: oids[s.filename] for s in mine},
                     "digests": {e.name: result.digests[e.name] for s in mine for e in s.entries}}
-        ops = uploaded + [CommitOperationAdd(part_file(i, n), json.dumps(manifest, indent=1).encode())]
-        with hub_errors(f"committing part {i}/{n} to {repo_id}#{number}"):
-            hub.api.create_commit(repo_id, ops, commit_message=f"hubmerge: part {i}/{n}", revision=revision)
+        hub.commit(repo_id, uploaded=uploader.uploaded, add={part_file(i, n): json.dumps(manifest, indent=1).encode()},
+                   message=f"hubmerge: part {i}/{n}", revision=state.revision,
+                   what=f"committing part {i}/{n} to {repo_id}#{number}")
     return True
 
 
 def finalize(spec: MergeSpec, number: int, *, hub: Hub, repo_id: str | None = None, base_dir: Path | None = None,
              device: str = "cpu") -> str:
     """Check every part, complete the pull request and merge it. Returns the merge commit's URL."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
     repo_id = target_of(spec, repo_id)
     pinned, max_shard = _pr_spec(hub, repo_id, number)
     state = pr_state(hub, repo_id, number)
@@ -195,7 +164,7 @@ def finalize(spec: MergeSpec, number: int, *, hub: Hub, repo_id: str | None = No
         digests: dict[str, str] = {}
         recorded_shards: dict[str, str] = {}
         for path in sorted(manifests):
-            doc = _read_json(hub, repo_id, state.revision, path) or {}
+            doc = hub.read_json(repo_id, state.revision, path) or {}
             if doc.get("fingerprint") != fingerprint:
                 raise HubError(f"{path} was made from a different plan", hint="re-run that part")
             recorded_shards.update(doc.get("shards", {}))
@@ -217,21 +186,17 @@ def finalize(spec: MergeSpec, number: int, *, hub: Hub, repo_id: str | None = No
         with tempfile.TemporaryDirectory(prefix="hubmerge-finalize-") as tmp:
             folder = Path(tmp)
             finalize_folder(plan, folder, shards, digest)
-            with hub_errors(f"{repo_id}"):
-                refs = hub.api.list_repo_refs(repo_id)
-            head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+            head = hub.main_head(repo_id)
             write_card(plan, digest, folder, title=repo_id.split("/")[-1], existing=hub.readme(repo_id, head),
                        device=device)
-            ops: list = [CommitOperationAdd(p.name, str(p)) for p in sorted(folder.iterdir()) if p.is_file()]
-            ops += [CommitOperationDelete(path) for path in manifests + [RECIPE_FILE]]
-            new_names = {s.filename for s in shards} | {op.path_in_repo for op in ops}
-            main_files = set(hub.api.list_repo_files(repo_id, revision=head)) if head else set()
-            ops += [CommitOperationDelete(p) for p in sorted(main_files - new_names)
-                    if p.endswith(WEIGHT_SUFFIXES) or p in GENERATED_FILES]
-            with hub_errors(f"finalizing {repo_id}#{number}"):
-                hub.api.create_commit(repo_id, ops, commit_message="hubmerge: finalize", revision=state.revision)
-                hub.api.merge_pull_request(repo_id, number, comment=f"hubmerge finalize: content hash {digest}")
-                new_head = hub.resolve(repo_id)
+            files = folder_files(folder)
+            main_files = {f.path for f in hub.list_files(repo_id, head)} if head else set()
+            stale = stale_weight_files(main_files, {s.filename for s in shards} | set(files))
+            what = f"finalizing {repo_id}#{number}"
+            hub.commit(repo_id, add=files, delete=manifests + [RECIPE_FILE] + stale, message="hubmerge: finalize",
+                       revision=state.revision, what=what)
+            hub.merge_pull_request(repo_id, number, comment=f"hubmerge finalize: content hash {digest}", what=what)
+            new_head = hub.resolve(repo_id)
     finally:
         for m in plan.models:
             m.close()

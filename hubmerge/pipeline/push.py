@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hubmerge.errors import HubError, SpecError
-from hubmerge.hub.client import Hub, hub_errors
+from hubmerge.errors import SpecError
+from hubmerge.hub.client import Hub, ShardUploader, folder_files, stale_weight_files
+from hubmerge.hub.errors import changed_since_start
 from hubmerge.pipeline.card import write_card
 from hubmerge.pipeline.run import MergeOptions, MergeResult, run_merge
 from hubmerge.pipeline.tools import ToolRun, describe, run_tool
@@ -24,9 +25,6 @@ from hubmerge.spec.model import MergeSpec
 from hubmerge.spec.tools import is_tool_spec
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-GENERATED_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -61,44 +59,28 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
     search record in the card). ``gate(folder)``: a pre-push check that raises to refuse the merge; with a
     gate, shards are not pre-uploaded but kept in the temporary folder, so the gate sees the complete model
     and a refused merge uploads nothing; the commit then uploads them."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
     repo_id = target_of(spec, repo_id)
     private = spec.hubmerge.private if private is None else private
     create_pr = spec.hubmerge.create_pr if create_pr is None else create_pr
-    with hub_errors(f"target {repo_id}"):
-        hub.api.create_repo(repo_id, private=private, exist_ok=True)
-        hub.api.auth_check(repo_id, write=True)
-        refs = hub.api.list_repo_refs(repo_id)
-    head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+    head = hub.ensure_writable_repo(repo_id, private=private)
     if parent is not None and parent != head:
-        raise HubError(f"committing to {repo_id}: the repo changed since the merge started (another commit landed)",
-                       hint="run again to merge on top of the new head, or use --create-pr")
+        raise changed_since_start(f"committing to {repo_id}")
     parent = head
     old_readme = hub.readme(repo_id, parent)
-    old_files = set(hub.api.list_repo_files(repo_id, revision=parent)) if parent else set()
-
-    uploaded: list = []
-
-    def upload_shard(path: Path) -> None:
-        if gate is not None:
-            return  # kept until the gate passes; the commit uploads it
-        op = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-        with hub_errors(f"uploading {path.name} to {repo_id}"):
-            hub.api.preupload_lfs_files(repo_id, additions=[op], create_pr=create_pr or None)
-        path.unlink()  # uploaded: the disk holds only the shard being written
-        uploaded.append(op)
+    old_files = {f.path for f in hub.list_files(repo_id, parent)} if parent else set()
+    # With a gate, the shards stay in the folder until it passes; the commit uploads them.
+    uploader = ShardUploader(hub, repo_id, create_pr=create_pr) if gate is None else None
 
     with tempfile.TemporaryDirectory(prefix="hubmerge-push-", dir=workdir) as tmp:
         out = Path(tmp) / "out"
         if is_tool_spec(spec):  # an extract_lora / tokensurgeon recipe
             run = ToolRun(device=device, base_dir=base_dir, show_progress=show_progress, allow_pickle=allow_pickle,
-                          max_shard_size=max_shard_size, on_shard=upload_shard, title=repo_id.split("/")[-1],
+                          max_shard_size=max_shard_size, on_shard=uploader, title=repo_id.split("/")[-1],
                           repo_id=repo_id, existing_card=old_readme)
             result = run_tool(spec, out, run, hub=hub)
         else:
             options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
-                                   show_progress=show_progress, on_shard=upload_shard, allow_pickle=allow_pickle)
+                                   show_progress=show_progress, on_shard=uploader, allow_pickle=allow_pickle)
             result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
                 plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device,
                 repo_id=repo_id, hub=hub))
@@ -106,7 +88,7 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         if decorate is not None:
             decorate(out)
         old_block = recorded_block(old_readme)
-        new_block = recorded_block((out / "README.md").read_text(encoding="utf-8"))
+        new_block = recorded_block(result.card)
         same_weights = old_block.get("content_hash") == result.content_hash
         same_recipe = old_block.get("recipe") == new_block.get("recipe")
         if parent is not None and same_weights and same_recipe:
@@ -115,22 +97,15 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
 
         if gate is not None:
             gate(out)  # raises to refuse: nothing is committed
-        operations: list = list(uploaded)
-        for path in sorted(out.iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                operations.append(CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)))
-        new_names = {op.path_in_repo for op in operations}
-        for stale in sorted(old_files - new_names):
-            if stale.endswith(WEIGHT_SUFFIXES) or stale in GENERATED_FILES:
-                operations.append(CommitOperationDelete(path_in_repo=stale))
+        uploaded = uploader.uploaded if uploader is not None else []
+        files = folder_files(out)
         label = f"{spec.tool} job" if is_tool_spec(spec) else f"{spec.merge_method} merge"
         message = commit_message or f"hubmerge: {label} ({result.content_hash[7:19]})"
         title, _, details = message.partition("\n")
         description = (details.strip() + "\n\n" if details.strip() else "") + _description(result)
-        with hub_errors(f"committing to {repo_id}"):
-            info = hub.api.create_commit(repo_id, operations, commit_message=title,
-                                         commit_description=description, parent_commit=parent,
-                                         create_pr=create_pr or None)
+        info = hub.commit(repo_id, uploaded=uploaded, add=files,
+                          delete=stale_weight_files(old_files, {op.path_in_repo for op in uploaded} | set(files)),
+                          message=title, description=description, parent=parent, create_pr=create_pr)
     logger.info("pushed %s: %s", repo_id, info.pr_url or info.commit_url)
     return PushResult(repo_id, True, info.oid, info.commit_url, info.pr_url, result.content_hash, result)
 

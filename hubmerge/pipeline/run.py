@@ -60,7 +60,7 @@ def shard_layout(plan: MergePlan, max_shard_size: int):
 
 
 def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None = None, *, hub: Any = None,
-              card_writer: Callable[[MergePlan, str, Path], None] | None = None) -> MergeResult:
+              card_writer: Callable[[MergePlan, str, Path], str | None] | None = None) -> MergeResult:
     options = options or MergeOptions()
     if is_moe_spec(spec):  # a mixture-of-experts recipe (hubmerge moe)
         return moe.run_moe(spec, out_dir, options, hub=hub, card_writer=card_writer)
@@ -70,7 +70,7 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
     try:
         shards = shard_layout(plan, max_shard)
         fingerprint = plan_fingerprint(plan, max_shard)
-        digest, files, progress = stream_to_folder(
+        digest, files, progress, card = stream_to_folder(
             plan, plan.tensors, shards, target, options, fingerprint,
             finalize=lambda folder, digest: finalize_folder(plan, folder, shards, digest), card_writer=card_writer)
     finally:
@@ -78,7 +78,7 @@ def run_merge(spec: MergeSpec, out_dir: str | Path, options: MergeOptions | None
             m.close()
     logger.info("merged %d tensors into %s (%s)", len(plan.tensors), target, digest)
     return MergeResult(target.resolve(), plan, digest, [s.filename for s in shards], files,
-                       dict(progress.digests), fingerprint)
+                       dict(progress.digests), fingerprint, card)
 
 
 def finalize_folder(plan: MergePlan, folder: Path, shards, digest: str) -> list[str]:

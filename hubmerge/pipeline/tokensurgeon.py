@@ -73,6 +73,7 @@ class TransplantResult:
     files: list[str]
     digests: dict[str, str]
     seconds: float = 0.0
+    card: str | None = None  # the README the card writer wrote (and returned)
 
 
 def open_transplant(spec: TokensurgeonSpec, *, base_dir: Path | None = None, hub: Any = None,
@@ -191,9 +192,7 @@ def run_transplant(spec: TokensurgeonSpec, out_dir: str | Path, options: ToolRun
         partial = prepare_partial(target_dir, resume=False, overwrite=options.overwrite)
         try:
             progress = Progress(partial, "tokensurgeon")
-            writer = ShardWriter(partial, shards, progress)
-            if options.on_shard is not None:
-                writer.on_shard_done = options.on_shard
+            writer = ShardWriter(partial, shards, progress, on_shard_done=options.on_shard)
             try:
                 _stream(plan, writer, device, options.show_progress)
             finally:
@@ -204,7 +203,7 @@ def run_transplant(spec: TokensurgeonSpec, out_dir: str | Path, options: ToolRun
             result = TransplantResult(target_dir.resolve(), plan, stats, digest, files, dict(progress.digests),
                                       time.perf_counter() - start)
             if card_writer is not None:
-                card_writer(result, partial)
+                result.card = card_writer(result, partial)
                 files.append("README.md")
             commit_partial(partial, target_dir)
         except BaseException:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Union
 
-from hubmerge.output.card import parent_cards_of
+from hubmerge.output.parents import parent_cards
 from hubmerge.output.tool_card import ToolCard, pinned_tool_block, tool_card_text
 from hubmerge.pipeline.card import merge_lineage
 from hubmerge.pipeline.extract_lora import ExtractResult, open_extraction, run_extraction
@@ -36,7 +36,7 @@ def card_text(result: ToolResult, *, title: str, device: str = "cpu", repo_id: s
               existing: str | None = None) -> str:
     """The README of a tool's output: the parents' cards read, the lineage walked, the card rendered."""
     card = tool_card(result, device=device)
-    parents = parent_cards_of(card.sources)
+    parents = parent_cards(card.sources)
     lineage = merge_lineage(repo_id or title, pinned_tool_block(card)["recipe"], parents, hub)
     return tool_card_text(card, title=title, parents=parents, lineage=lineage, existing=existing, repo_id=repo_id,
                           endpoint=getattr(hub, "endpoint", None))

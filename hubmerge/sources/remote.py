@@ -91,9 +91,10 @@ class RangeFetcher:
             if resp is not None and resp.status_code == 429:
                 wait = resp.headers.get("Retry-After", "a while")
                 raise HubError(f"rate limited by the Hub ({why}); retry after {wait} seconds",
-                               hint="pass a token (HF_TOKEN): anonymous limits are shared per IP")
+                               hint="pass a token (HF_TOKEN): anonymous limits are shared per IP",
+                               kind=HubError.RATE_LIMITED)
             raise HubError(f"giving up after {attempt + 1} attempts: {why}",
-                           hint="check the network; behind a proxy, set HF_HUB_DISABLE_XET=1")
+                           hint="check the network; behind a proxy, set HF_HUB_DISABLE_XET=1", kind=HubError.UNREACHABLE)
         delay = self.backoff * (2 ** attempt)
         if resp is not None:
             delay = max(delay, _retry_after(resp))
@@ -110,9 +111,10 @@ class RangeFetcher:
                            hint="the endpoint (HF_ENDPOINT) does not support range requests; use --download")
         if resp.status_code in (401, 403):
             raise HubError(f"{what}: access denied (HTTP {resp.status_code})",
-                           hint="the repo is gated or private: accept its terms on the Hub and pass a token")
+                           hint="the repo is gated or private: accept its terms on the Hub and pass a token",
+                           kind=HubError.AUTH)
         if resp.status_code == 404:
-            raise HubError(f"{what}: not found on the Hub (HTTP 404)")
+            raise HubError(f"{what}: not found on the Hub (HTTP 404)", kind=HubError.NOT_FOUND, missing="file")
         if resp.status_code == 416:
             raise HubError(f"{what}: requested range lies outside the file (HTTP 416)",
                            hint="the file changed since it was resolved")

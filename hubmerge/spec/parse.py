@@ -73,7 +73,7 @@ def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec | MoESpe
     (for a document with an ``extract_lora:`` or ``tokensurgeon:`` key) a tool recipe (``hubmerge.spec.tools``),
     so every command that reads recipes from files and cards takes them all."""
     if not isinstance(document, dict):
-        raise SpecError(f"{source}: the spec must be a mapping of keys, got {type(document).__name__}")
+        raise SpecError(f"the spec must be a mapping of keys, got {type(document).__name__}", source=source)
     if tool_of(document) is not None:
         return tool_spec_from_dict(document, source=source)  # type: ignore[return-value]
     if is_moe_document(document):  # a mergekit-moe recipe: experts instead of a merge method
@@ -224,10 +224,11 @@ def tool_spec_from_dict(document: dict[str, Any], *, source: str = "recipe") -> 
     """An ``extract_lora`` / ``tokensurgeon`` recipe (see ``hubmerge.spec.tools``) as its dataclass."""
     tool = tool_of(document)
     if tool is None:
-        raise SpecError(f"{source}: not a tool recipe", hint=f"give one of {', '.join(TOOLS)}")
+        raise SpecError("not a tool recipe", source=source, hint=f"give one of {', '.join(TOOLS)}")
     others = [k for k in document if k in TOOLS or k == "merge_method"]
     if len(others) > 1:
-        raise SpecError(f"{source} names both {others[0]} and {others[1]}, but a recipe is one job", path=others[1],
+        raise SpecError(f"names both {others[0]} and {others[1]}, but a recipe is one job", source=source,
+                        path=others[1],
                         hint="put each job in its own file")
     validate_against_schema(document, source=source, schema=tool_schema(tool))
     body = document[tool]

@@ -53,7 +53,7 @@ def parse_stages(text: str, *, source: str = "spec") -> list[Stage]:
         try:
             spec = spec_from_dict(doc, source=where)
         except SpecError as exc:
-            if where in exc.message:
+            if exc.source is not None:  # it names its document already
                 raise
             raise SpecError(f"{where}: {exc.message}", hint=exc.hint) from None
         if not isinstance(spec, MergeSpec):

@@ -119,11 +119,13 @@ def test_lineage_falls_back_to_the_direct_parents(monkeypatch):
     monkeypatch.setattr(lineage, "lineage_of", lambda *a, **k: 1 / 0)
     block = ci_outputs.lineage_block(sources, "me/merged", revision="d" * 40, hub=object(), from_hub=True)
     assert block == ci_outputs.mermaid_lineage(sources, "me/merged", revision="d" * 40)
-    assert block == (
-        "```mermaid\ngraph LR\n"
-        f'  out["me/merged<br/>{"d" * 12}"]\n'
-        f'  src0["org/base<br/>@{"b" * 12}"] -->|base| out\n'
-        f'  src1["org/chat<br/>@{"c" * 12}"] --> out\n'
+    assert block == (  # drawn by the one lineage renderer (hubmerge.output.lineage), as the card's graph is
+        "```mermaid\nflowchart TD\n"
+        '  n_me_merged(["me/merged"])\n'
+        '  n_org_base["org/base"]\n'
+        '  n_org_chat["org/chat"]\n'
+        '  n_org_base -->|"merge (base)"| n_me_merged\n'
+        '  n_org_chat -->|"merge"| n_me_merged\n'
         "```\n")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -154,10 +155,12 @@ def test_webhook_auth_debounce_and_sync(hub, merged, local_family):
     target, ups = merged
     client = _client(hub)
     synced = []
+    done = threading.Event()
 
     def trigger(t, events):
         synced.append((t, [e.new_sha for e in events]))
         sync(client, t, show_progress=False)
+        done.set()
 
     receiver = WebhookReceiver("s3cret-value", lambda: {target: tracked_refs(recorded_recipe(client, target)[1])},
                                trigger, debounce=0.5)
@@ -172,19 +175,15 @@ def test_webhook_auth_debounce_and_sync(hub, merged, local_family):
                    "updatedRefs": [{"ref": "refs/heads/main", "oldSha": None, "newSha": new}]}
         assert _post(url, payload).status_code == 401
         assert _post(url, payload, "wrong").status_code == 403
-        time.sleep(0.8)
-        assert synced == [] and len(hub.list_commits(target)) == before
+        assert receiver.scheduled() == [] and synced == [] and len(hub.list_commits(target)) == before
         unrelated = {**payload, "repo": {"type": "model", "name": "someone/else"}}
         assert _post(url, unrelated, "s3cret-value").json()["scheduled"] == []
         pr_only = {**payload, "updatedRefs": [{"ref": "refs/pr/1", "newSha": new}]}
         assert _post(url, pr_only, "s3cret-value").json()["scheduled"] == []
         for _ in range(3):
             assert _post(url, payload, "s3cret-value").status_code == 202
-        deadline = time.time() + 30
-        while time.time() < deadline and len(hub.list_commits(target)) == before:
-            time.sleep(0.1)
-        time.sleep(0.7)
-        assert len(synced) == 1 and synced[0][0] == target
+        assert done.wait(timeout=60), "the debounced sync never ran"
+        assert receiver.scheduled() == [] and len(synced) == 1 and synced[0][0] == target
         assert len(hub.list_commits(target)) == before + 1
     finally:
         server.shutdown()
@@ -194,11 +193,13 @@ def test_webhook_auth_debounce_and_sync(hub, merged, local_family):
 def test_webhook_dispatch_mode_sends_repository_dispatch(hub, merged, local_family, tmp_path):
     target, ups = merged
     received = []
+    dispatched = threading.Event()
 
     class GitHub(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+            dispatched.set()
             self.send_response(204)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -231,10 +232,11 @@ def test_webhook_dispatch_mode_sends_repository_dispatch(hub, merged, local_fami
                    "updatedRefs": [{"ref": "refs/heads/main", "newSha": new}]}
         for _ in range(3):
             assert _post(url, payload, "whsec-123456").status_code == 202
-        deadline = time.time() + 20
-        while time.time() < deadline and not received:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        assert dispatched.wait(timeout=30), "no repository_dispatch arrived"
+        # Stopping the receiver with Ctrl-C fires whatever is still pending: after it exits, every dispatch
+        # it would ever send has been sent.
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
         assert len(received) == 1
         path, auth, body = received[0]
         assert path == "/repos/org/models/dispatches" and auth == "Bearer ghp_dummy_token_abcdefghijklmnop"

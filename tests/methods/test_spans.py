@@ -5,7 +5,6 @@ thread reaches the caller after all of them have stopped."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -44,19 +43,41 @@ def test_every_span_once_and_scratch_made_once_per_thread(workers):
 
 
 def test_an_error_in_a_span_reaches_the_caller_after_every_thread_stopped():
-    running = []
+    """The calling thread fails its first span while both helpers are inside one of theirs: the error must
+    come out only after the helpers finished those spans, and they must stop taking spans."""
+    running, order = [], []
+    caller = threading.get_ident()
+    all_busy = threading.Barrier(3)  # the caller and both helpers, each inside its first span
+    failing, returned, let_go = threading.Event(), threading.Event(), threading.Event()
 
     def body(start, stop, scratch):
+        first = threading.get_ident() not in running
         running.append(threading.get_ident())
-        if start == 3 * 8:
+        if not first:
+            return
+        all_busy.wait(timeout=30)
+        if threading.get_ident() == caller:
+            failing.set()
             raise ValueError("bad span")
+        let_go.wait(timeout=30)
+        order.append("a helper finished its span")
 
+    def release():
+        # Holds the helpers until run_spans returned. A correct run_spans waits for them, so it cannot
+        # return first: they are let go after a pause instead, and it returns after them.
+        failing.wait(timeout=30)
+        returned.wait(timeout=0.5)
+        let_go.set()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
     with spread_spans(3), pytest.raises(ValueError, match="bad span"):
         run_spans(400, 8, CPU, body)
+    order.append("run_spans returned")
+    returned.set()
+    releaser.join()
     assert len(running) < 50  # the others stopped taking spans once it failed
-    done = len(running)
-    time.sleep(0.05)
-    assert len(running) == done  # no helper still at work after the call returned
+    assert order == ["a helper finished its span"] * 2 + ["run_spans returned"]  # no helper outlived the call
 
 
 @pytest.mark.parametrize("workers", [2, 3])
