@@ -28,7 +28,7 @@ from hubmerge.pipeline.run import shard_layout
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.model import ModelSource
 from hubmerge.sources.open import open_model
-from hubmerge.spec import parse_spec
+from hubmerge.spec import format_size, parse_spec
 from hubmerge.spec.cards import card_info, parents_of
 from hubmerge.spec.frontmatter import split_front_matter
 from hubmerge.spec.model import MergeSpec, ModelRef
@@ -51,14 +51,6 @@ def make_hub(token: str | None) -> Hub:
 
 def redact(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n}"
 
 
 def human_seconds(s: float) -> str:
@@ -222,8 +214,8 @@ def _validation(problems: list[str], notes: list[str], summary: dict[str, Any], 
         lines += [f"| {m['name']} | `{(m['revision'] or 'local')[:12]}` |" for m in summary["models"]]
         lines += ["", f"- **{summary['tensors']} tensors** in {summary['layers']} layers, output dtype "
                   f"{summary['dtype']}",
-                  f"- output size **{human_bytes(summary['output_bytes'])}** in {summary['shards']} shard(s); "
-                  f"reads {human_bytes(summary['input_bytes'])} by range requests",
+                  f"- output size **{format_size(summary['output_bytes'])}** in {summary['shards']} shard(s); "
+                  f"reads {format_size(summary['input_bytes'])} by range requests",
                   f"- estimated time **~{human_seconds(summary['estimated_seconds'])}** on a CPU Space "
                   f"(rough: reads at {READ_BYTES_PER_S / 1e6:.0f} MB/s, uploads at "
                   f"{UPLOAD_BYTES_PER_S / 1e6:.0f} MB/s)"]
