@@ -95,6 +95,7 @@ def cmd_validate(args) -> int:
             "merge_method": spec.merge_method,
             "models": [{"name": m.name, "revision": m.revision, **_adapter_json(m)} for m in plan.models],
             "layers": plan.num_layers,
+            "modules": _modules_json(plan),
             "tensors": len(plan.tensors),
             "output_bytes": plan.total_bytes,
             "input_bytes": plan.input_bytes,
@@ -110,11 +111,15 @@ def cmd_validate(args) -> int:
         print(f"spec ok: {spec.merge_method} of {len(plan.models)} models, {plan.num_layers} layers")
         for m in plan.models:
             print(f"  {m.name}" + (f" @ {m.revision}" if m.revision else "") + _adapter_text(m))
+        _print_modules(plan)
         print(f"{len(plan.tensors)} output tensors, {format_size(plan.total_bytes)} in {len(shards)} shard(s); "
               f"reads {format_size(plan.input_bytes)}")
         width = max(len(t.name) for t in plan.tensors)
-        for t in plan.tensors:
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.kwargs.items())
+        starts = _module_starts(plan)
+        for i, t in enumerate(plan.tensors):
+            if i in starts:
+                print(f" [{starts[i]}]")
+            params = "copy" if t.copy else ", ".join(f"{k}={_fmt(v)}" for k, v in t.kwargs.items())
             print(f"  {t.name:<{width}}  {str(list(t.shape)):<14} {t.dtype:<5} {params}")
         return 0
     finally:
@@ -139,6 +144,39 @@ def _validate_stages(args, stages) -> int:
                 m.close()
     print(f"spec ok: {len(stages)} stages, run in this order: {' -> '.join(s.name for s in stages)}")
     return 0
+
+
+def _modules_json(plan) -> list[dict]:
+    return [{"name": m.name, "layers": m.num_layers, "source_layers": m.source_layers, "tensors": m.tensors,
+             "layer_count_key": m.count_key, "copied_from": m.copied_from} for m in plan.modules]
+
+
+def _print_modules(plan) -> None:
+    """The modules found in the config source (name, layers, tensors) and what the plan makes of each."""
+    layout = plan.layout
+    how = f"rule for {layout.family}" if layout is not None and layout.family else "guessed from tensor names"
+    print(f"modules ({how}):")
+    width = max((len(m.name) for m in plan.modules), default=0)
+    for m in plan.modules:
+        layers = (f"{m.source_layers} layers" if m.num_layers == m.source_layers
+                  else f"{m.source_layers} -> {m.num_layers} layers")
+        key = f" ({m.count_key})" if m.count_key else ""
+        note = f", copied from {m.copied_from}" if m.copied_from else ""
+        print(f"  {m.name:<{width}}  {layers}{key}, {m.tensors} tensors{note}")
+    for note in layout.notes if layout is not None else ():
+        print(f"  note: {note}")
+
+
+def _module_starts(plan) -> dict[int, str]:
+    """Index of each module's first tensor in the plan (tensors are planned module by module)."""
+    if len(plan.modules) < 2:
+        return {}
+    starts, at = {}, 0
+    for m in plan.modules:
+        if m.tensors:
+            starts[at] = m.name
+        at += m.tensors
+    return starts
 
 
 def _adapter_json(model) -> dict:

@@ -60,6 +60,8 @@ def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: 
     # The method gets the only references to the other inputs, so it may release them early (see registry).
     others = ReleasableInputs(prepare(t) for t in loaded.others)
     loaded.others.clear()
+    if item.copy:  # a module left out of ``modules:``: the config source's tensor as it is
+        return _finish(others[0] if base is None else base, item)
     kwargs = dict(item.kwargs)
     if plan.method.random:
         # A CPU generator whatever the device: the masks drawn from it are then the same on every device.
@@ -73,6 +75,10 @@ def merge_tensor(plan: MergePlan, item: PlannedTensor, loaded: _Loaded, device: 
         raise
     except Exception as exc:  # a method failing on real data: name the tensor
         raise MergeError(f"{plan.method.name} failed on tensor '{item.name}': {exc}") from exc
+    return _finish(result, item)
+
+
+def _finish(result: torch.Tensor, item: PlannedTensor) -> torch.Tensor:
     out = result.to(dtype=DTYPES[item.dtype])
     if out.device.type != "cpu":
         out = out.cpu()

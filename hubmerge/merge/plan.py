@@ -15,12 +15,15 @@ from typing import Any
 import torch
 
 from hubmerge.errors import PlanError, SpecError
-from hubmerge.merge.layout import ModelLayout, analyse, input_embedding_name, is_output_embedding
+from hubmerge.merge.layout import input_embedding_name, is_output_embedding
 from hubmerge.merge.methods import MergeMethod
+from hubmerge.merge.modules import ModelLayout, ModuleLayout, analyse
+from hubmerge.merge.plan_config import output_config  # noqa: F401 (re-exported: pipeline.run writes it)
+from hubmerge.merge.plan_groups import Group, ModuleWork, module_work
 from hubmerge.merge.tokenizer import planning as tokenization
 from hubmerge.sources.model import ModelSource
 from hubmerge.sources.safetensors_format import DTYPE_NAMES, DTYPES, ITEM_SIZES, TensorInfo
-from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SliceSource
+from hubmerge.spec.model import MergeSpec, ModelRef, SliceSource
 from hubmerge.spec.params import ParameterValueError, resolve
 from hubmerge.spec.search import require_concrete
 from hubmerge.spec.validate import method_for
@@ -49,6 +52,7 @@ class PlannedTensor:
     seed: int | None = None  # for random methods: derived from (spec seed, tensor name)
     # Vocabulary-axis tensors: how the executor re-indexes the inputs onto the output tokenizer on read.
     vocab: tokenization.VocabAlignment | None = field(default=None, compare=False, repr=False)
+    copy: bool = False  # the single input as it is (a module left out of ``modules:``), no method
 
     @property
     def nbytes(self) -> int:
@@ -59,18 +63,40 @@ class PlannedTensor:
         return ((self.base,) if self.base is not None else ()) + self.others
 
 
+@dataclass(frozen=True)
+class PlannedModule:
+    """One module of the output: its layers, where they came from, how its config entries change."""
+
+    name: str
+    num_layers: int  # in the output
+    source_layers: int  # in the model the output's config comes from
+    layer_origin: tuple[int, ...]  # per output layer: the source layer it came from
+    tensors: int
+    count_keys: tuple[str, ...] = ()  # dotted config paths holding the layer count
+    copied_from: str | None = None  # left out of ``modules:``: copied from this model
+    per_layer: tuple[str, ...] = ()
+    layer_indexes: tuple[str, ...] = ()
+
+    @property
+    def count_key(self) -> str | None:
+        return self.count_keys[0] if self.count_keys else None
+
+
 @dataclass
 class MergePlan:
     spec: MergeSpec
     method: MergeMethod
     models: list[ModelSource]
     tensors: list[PlannedTensor]
-    num_layers: int
+    num_layers: int  # output layers, all modules together
     config_source: int  # index of the model whose config.json the output starts from
     tokenizer_source: int
-    layer_origin: list[int] = field(default_factory=list)  # per output layer: the source layer it came from
+    layer_origin: list[int] = field(default_factory=list)  # per output layer of every module, in module order
     tokenizer: tokenization.OutputTokenizer | None = None  # built when the spec has tokenizer_source / tokenizer
     chat_template: str | None = None  # resolved text to write into the output tokenizer config
+    modules: list[PlannedModule] = field(default_factory=list)
+    layout: ModelLayout | None = None  # the config source's modules, as found
+    tagalong: tuple[str, ...] = ()  # files copied from the config source beside the config (processor files)
 
     @property
     def total_bytes(self) -> int:
@@ -81,30 +107,14 @@ class MergePlan:
         return sum(i.info.nbytes for t in self.tensors for i in t.inputs)
 
 
+# Processor files a multimodal model needs beside its weights; copied from the base whatever the family.
+TAGALONG_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+
+
 def tensor_seed(seed: int, name: str) -> int:
     """A 63-bit seed per (spec seed, output tensor name): results independent of order and splitting."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-@dataclass
-class _Group:
-    """One output slice, normalised: sources (+ implicit base), base, precedence levels."""
-
-    sources: list[SliceSource]
-    base: ModelRef | None
-    slice_params: Parameters
-    yaml_path: str
-
-
-def _groups(spec: MergeSpec) -> list[_Group]:
-    if spec.models:
-        sources = [SliceSource(m.model, (0, -1), m.parameters, m.yaml_path) for m in spec.models]
-        if spec.base_model is not None and spec.base_model not in [s.model for s in sources]:
-            sources.append(SliceSource(spec.base_model, (0, -1), {}, "base_model"))
-        return [_Group(sources, spec.base_model, {}, "models")]
-    return [_Group(list(s.sources), s.base_model or spec.base_model, s.parameters, s.yaml_path)
-            for s in spec.slices]
 
 
 class Planner:
@@ -116,7 +126,6 @@ class Planner:
         self.layouts = {r: analyse(models[r].tensors, models[r].config, model=models[r].name) for r in self.refs}
         self.tensors: list[PlannedTensor] = []
         self.seen: set[str] = set()
-        self.layer_origin: list[int] = []
         self.tokenizer: tokenization.OutputTokenizer | None = None
 
     def model_index(self, ref: ModelRef) -> int:
@@ -124,47 +133,56 @@ class Planner:
 
     # -- entry point -------------------------------------------------------------------------
     def plan(self) -> MergePlan:
-        groups = _groups(self.spec)
-        for g in groups:
-            for src in g.sources:
-                if src.layer_range[1] == -1:  # whole model
-                    src_layers = self.layouts[src.model].num_layers
-                    g.sources[g.sources.index(src)] = SliceSource(src.model, (0, src_layers), src.parameters,
-                                                                  src.yaml_path)
-            counts = {s.model: s.layer_range[1] - s.layer_range[0] for s in g.sources}
-            if len(set(counts.values())) > 1:
-                raise PlanError("models to merge have different layer counts: "
-                                + ", ".join(f"{m} has {n}" for m, n in counts.items()),
-                                hint="use 'slices' with matching layer_range to merge models of different depth")
-            for src in g.sources:
-                available = self.layouts[src.model].num_layers
-                if src.layer_range[1] > available:
-                    raise PlanError(f"{src.yaml_path}.layer_range {list(src.layer_range)} goes past "
-                                    f"{src.model}'s {available} layers")
-
-        first, last = groups[0], groups[-1]
-        ref_first = self._reference(first)
+        reference = self._config_reference()
+        work = module_work(self.spec, reference, self.layouts, dict(zip(self.refs, self.sources)))
         tokenization.check_vocab_sizes(self.spec, self.sources)
-        tokenizer_ref = self._tokenizer_ref(ref_first)
+        tokenizer_ref = self._tokenizer_ref(reference)
         chat_template = tokenization.chat_template_for(self.spec, self.sources)
         self.tokenizer = tokenization.prepare_tokenizer(self.spec, self.refs, self.sources, tokenizer_ref)
-        self._plan_flat(first, self.layouts[ref_first].pre, ref_first)
-        out_layer = 0
-        for g in groups:
-            n = g.sources[0].layer_range[1] - g.sources[0].layer_range[0]
+        modules = [self._plan_module(w, reference) for w in work]
+        layout = self.layouts[reference]
+        tagalong = tuple(dict.fromkeys(layout.tagalong + TAGALONG_FILES))
+        return MergePlan(self.spec, self.method, self.sources, self.tensors, sum(m.num_layers for m in modules),
+                         self.model_index(reference), self.model_index(tokenizer_ref),
+                         [i for m in modules for i in m.layer_origin], self.tokenizer, chat_template, modules,
+                         layout, tagalong)
+
+    def _config_reference(self) -> ModelRef:
+        """The model whose config, tensor names and modules shape the output: the base, else the first model."""
+        if self.spec.base_model is not None and self.spec.base_model in self.refs:
+            return self.spec.base_model
+        return self.spec.referenced_models()[0]
+
+    def _plan_module(self, work: ModuleWork, reference: ModelRef) -> PlannedModule:
+        module = self.layouts[reference].module(work.name)
+        before = len(self.tensors)
+        if work.copy_from is not None:
+            self._plan_copy(work.copy_from, self.layouts[work.copy_from].module(work.name))
+            return PlannedModule(work.name, module.num_layers, module.num_layers, tuple(range(module.num_layers)),
+                                 len(self.tensors) - before, module.count_keys,
+                                 self.sources[self.model_index(work.copy_from)].name, module.per_layer,
+                                 module.layer_indexes)
+        first, last = work.groups[0], work.groups[-1]
+        self._plan_flat(work, first, self._module_of(first, work.name).pre)
+        origin: list[int] = []
+        for g in work.groups:
+            n = g.num_layers
             for i in range(n):
                 t = i / (n - 1) if n > 1 else 1.0  # mergekit: a one-layer slice sits at t=1
-                self._plan_layer(g, i, out_layer, t)
-                out_layer += 1
-        ref_last = self._reference(last)
-        self._plan_flat(last, self.layouts[ref_last].post, ref_last)
+                origin.append(self._plan_layer(work, g, i, len(origin), t))
+        if module.every_layer and origin:
+            # Planned once per layer in mergekit, so its last layer's (t=1, the last slice's models) is written.
+            self._plan_flat(work, last, self._module_of(last, work.name).every_layer, t=1.0)
+        self._plan_flat(work, last, self._module_of(last, work.name).post)
+        count = len(origin) if module.layers or module.every_layer else module.num_layers
+        return PlannedModule(work.name, count, module.num_layers, tuple(origin), len(self.tensors) - before,
+                             module.count_keys, None, module.per_layer, module.layer_indexes)
 
-        return MergePlan(self.spec, self.method, self.sources, self.tensors, out_layer,
-                         self.model_index(ref_first), self.model_index(tokenizer_ref), self.layer_origin,
-                         self.tokenizer, chat_template)
+    def _module_of(self, g: Group, name: str) -> ModuleLayout:
+        return self.layouts[self._reference(g)].module(name)
 
-    def _reference(self, g: _Group) -> ModelRef:
-        """The model whose tensor names and config shape the output: the base if it is an input."""
+    def _reference(self, g: Group) -> ModelRef:
+        """The model whose tensor names shape this slice's output: the base if it is an input."""
         models = [s.model for s in g.sources]
         return g.base if g.base in models else models[0]
 
@@ -177,25 +195,36 @@ class Planner:
         return tk.source
 
     # -- tensors ------------------------------------------------------------------------------
-    def _plan_flat(self, g: _Group, names: tuple[str, ...], reference: ModelRef) -> None:
-        """Pre- or post-layer tensors: same name in every input, parameters at t=0."""
+    def _plan_copy(self, ref: ModelRef, module: ModuleLayout) -> None:
+        src = SliceSource(ref, (0, module.num_layers), {}, f"modules.{module.name}")
+        g = Group([src], None, {}, src.yaml_path)
+        for name in module.tensor_names:
+            self._add(ModuleWork(module.name), g, name, [(src, self._find(ref, name))], t=0.0,
+                      flat=name in module.pre or name in module.post, copy=True)
+
+    def _plan_flat(self, work: ModuleWork, g: Group, names: tuple[str, ...], t: float = 0.0) -> None:
+        """Non-layer tensors: the same name in every input; parameters at t=0 (mergekit's pre/post weights)."""
         for name in names:
             inputs = [(s, self._find(s.model, name)) for s in g.sources]
-            self._add(g, name, inputs, t=0.0, flat=True)
+            self._add(work, g, name, inputs, t=t, flat=True)
 
-    def _plan_layer(self, g: _Group, offset: int, out_index: int, t: float) -> None:
-        ref_src = next(s for s in g.sources if s.model == self._reference(g))
-        ref_layer = self.layouts[ref_src.model].layer_tensors(ref_src.layer_range[0] + offset)
-        self.layer_origin.append(ref_src.layer_range[0] + offset)
-        for template in ref_layer:
+    def _plan_layer(self, work: ModuleWork, g: Group, offset: int, out_index: int, t: float) -> int:
+        """Plans one output layer; returns the reference's source layer it comes from."""
+        reference = self._reference(g)
+        ref_src = next(s for s in g.sources if s.model == reference)
+        module = self._module_of(g, work.name)
+        origin = ref_src.layer_range[0] + offset
+        for template in module.layer_tensors(origin):
             inputs = []
             for s in g.sources:
-                layer = self.layouts[s.model].layer_tensors(s.layer_range[0] + offset)
+                layer_of = self.layouts[s.model].module(work.name)
+                layer = layer_of.layer_tensors(s.layer_range[0] + offset)
                 if template not in layer:
-                    raise PlanError(f"tensor '{template.format(s.layer_range[0] + offset)}' is missing from {s.model}",
-                                    hint="the models do not share an architecture")
+                    raise PlanError(f"tensor '{layer_of.layer_name(template, s.layer_range[0] + offset)}' "
+                                    f"is missing from {s.model}", hint="the models do not share an architecture")
                 inputs.append((s, self.sources[self.model_index(s.model)].tensors[layer[template]]))
-            self._add(g, template.format(out_index), inputs, t=t)
+            self._add(work, g, module.layer_name(template, out_index), inputs, t=t)
+        return origin
 
     def _find(self, ref: ModelRef, name: str) -> TensorInfo:
         source = self.sources[self.model_index(ref)]
@@ -210,13 +239,14 @@ class Planner:
                             hint="the models do not share an architecture")
         return info
 
-    def _add(self, g: _Group, out_name: str, inputs: list[tuple[SliceSource, TensorInfo]], t: float,
-             flat: bool = False) -> None:
+    def _add(self, work: ModuleWork, g: Group, out_name: str, inputs: list[tuple[SliceSource, TensorInfo]], t: float,
+             flat: bool = False, copy: bool = False) -> None:
         if out_name in self.seen:
             raise PlanError(f"output tensor '{out_name}' would be written twice")
         self.seen.add(out_name)
         method = self.method
-        uses_base = method.base != "ignored" and g.base is not None and any(s.model == g.base for s, _ in inputs)
+        uses_base = (not copy and method.base != "ignored" and g.base is not None
+                     and any(s.model == g.base for s, _ in inputs))
         base_pair = next(((s, i) for s, i in inputs if s.model == g.base), None) if uses_base else None
         other_pairs = [(s, i) for s, i in inputs if not (uses_base and s.model == g.base)]
         if uses_base and len(other_pairs) == len(inputs):
@@ -230,10 +260,10 @@ class Planner:
                 order=[next(k for k, q in enumerate(inputs) if q[0] is p[0] and q[1] is p[1]) for p in planned])
         self._check_shapes(out_name, inputs, alignment)
 
-        shared_levels = [g.slice_params, self.spec.module_parameters, self.spec.parameters]
+        shared_levels = [g.slice_params, work.parameters, self.spec.parameters]
         kwargs: dict[str, Any] = {}
         per_model_checks: list[dict[str, Any]] = [{} for _ in other_pairs]
-        for p in method.params:
+        for p in () if copy else method.params:
             if p.scope == "shared":
                 value = self._resolve(p, shared_levels, out_name, t, where=g.yaml_path)
                 kwargs[p.keyword] = value
@@ -247,7 +277,7 @@ class Planner:
                 values.append(value)
                 per_model_checks[k][p.name] = value
             kwargs[p.keyword] = values
-        if method.check is not None:
+        if method.check is not None and not copy:
             for src_pair, values in zip(other_pairs or [(None, None)], per_model_checks or [kwargs]):
                 try:
                     method.check(values)
@@ -257,7 +287,7 @@ class Planner:
 
         compute = self._compute_dtype([i for _, i in inputs])
         out_dtype = DTYPE_NAMES[TORCH_DTYPES[self.spec.out_dtype]] if self.spec.out_dtype else compute
-        seed = tensor_seed(self.spec.hubmerge.seed, out_name) if method.random else None
+        seed = tensor_seed(self.spec.hubmerge.seed, out_name) if method.random and not copy else None
         shape = inputs[0][1].shape
         if alignment is not None:  # re-indexed onto the output vocabulary
             shape = alignment.out_shape(shape, alignment.axes[0])
@@ -265,7 +295,7 @@ class Planner:
             name=out_name, shape=shape, dtype=out_dtype, compute_dtype=compute,
             base=PlannedInput(self.model_index(base_pair[0].model), base_pair[1]) if base_pair else None,
             others=tuple(PlannedInput(self.model_index(s.model), i) for s, i in other_pairs),
-            kwargs=kwargs, seed=seed, vocab=alignment))
+            kwargs=kwargs, seed=seed, vocab=alignment, copy=copy))
 
     def _resolve(self, p, levels, tensor_name, t, *, where, model=None):
         try:
@@ -309,29 +339,3 @@ class Planner:
 def build_plan(spec: MergeSpec, models: dict[ModelRef, ModelSource]) -> MergePlan:
     require_concrete(spec)  # search ranges must be filled in (hubmerge evolve) before anything is merged
     return Planner(spec, models).plan()
-
-
-def output_config(plan: MergePlan) -> dict[str, Any]:
-    """The output config.json: the reference model's, with layer count and dtype updated."""
-    source = plan.models[plan.config_source]
-    config = dict(source.config)
-    layout: ModelLayout = analyse(source.tensors, source.config, model=source.name)
-    if layout.layer_count_key is not None:
-        original = config[layout.layer_count_key]
-        config[layout.layer_count_key] = plan.num_layers
-        # Per-layer lists (e.g. Qwen2's and Gemma2's layer_types) follow the layers actually taken.
-        for key, value in list(config.items()):
-            if (isinstance(value, list) and len(value) == original and key.startswith("layer")
-                    and all(i < original for i in plan.layer_origin)):
-                config[key] = [value[i] for i in plan.layer_origin]
-    dtype_names = {v: k for k, v in TORCH_DTYPES.items()}
-    out_dtype = plan.tensors[0].dtype if plan.tensors else None
-    if out_dtype is not None:
-        name = dtype_names[DTYPES[out_dtype]]
-        if "torch_dtype" in config or "dtype" not in config:
-            config["torch_dtype"] = name
-        if "dtype" in config:
-            config["dtype"] = name
-    if plan.tokenizer is not None:
-        tokenization.set_vocab_size(config, plan.tokenizer.rows)
-    return config

@@ -88,6 +88,19 @@ def finalize_folder(plan: MergePlan, folder: Path, shards, digest: str) -> list[
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     files.append("config.json")
     files += write_tokenizer_files(plan, folder)  # built (union, overrides, chat template) or copied
+    files += copy_tagalong_files(plan, folder, skip=set(files))
     (folder / "mergekit_config.yml").write_text(dump_yaml(recipe_document(plan.spec)))
     files.append("mergekit_config.yml")
     return files
+
+
+def copy_tagalong_files(plan: MergePlan, folder: Path, *, skip: set[str]) -> list[str]:
+    """Processor files (``preprocessor_config.json``, ...) from the config source, as mergekit copies them."""
+    donor = plan.models[plan.config_source]
+    written = []
+    for name in plan.tagalong:
+        data = donor.read_file(name) if name not in skip else None
+        if data is not None:
+            (folder / name).write_bytes(data)
+            written.append(name)
+    return written

@@ -79,6 +79,17 @@ class OutputSlice:
 
 
 @dataclass(frozen=True)
+class ModuleSpec:
+    """``modules.<name>``: the models or slices of one module (text decoder, vision tower, ...) of the model."""
+
+    name: str
+    models: tuple[InputModel, ...] = ()
+    slices: tuple[OutputSlice, ...] = ()
+    parameters: Parameters = field(default_factory=dict)  # between slice and top-level parameters
+    yaml_path: str = ""
+
+
+@dataclass(frozen=True)
 class TokenizerSpec:
     source: str | ModelRef | None = None  # "base", "union" or a model
     tokens: dict[str, Any] = field(default_factory=dict)
@@ -106,8 +117,8 @@ class MergeSpec:
     models: tuple[InputModel, ...] = ()
     slices: tuple[OutputSlice, ...] = ()
     parameters: Parameters = field(default_factory=dict)
-    # ``modules.<m>.parameters``: a precedence level between slice and top-level parameters.
-    module_parameters: Parameters = field(default_factory=dict)
+    # ``modules:`` (instead of top-level models/slices): per module, in spec order.
+    modules: tuple[ModuleSpec, ...] = ()
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer: TokenizerSpec | None = None
@@ -121,11 +132,18 @@ class MergeSpec:
         seen: dict[ModelRef, None] = {}
         if self.base_model is not None:
             seen[self.base_model] = None
-        for m in self.models:
-            seen.setdefault(m.model, None)
-        for s in self.slices:
-            if s.base_model is not None:
-                seen.setdefault(s.base_model, None)
-            for src in s.sources:
-                seen.setdefault(src.model, None)
+        for models, slices in [(self.models, self.slices)] + [(m.models, m.slices) for m in self.modules]:
+            for m in models:
+                seen.setdefault(m.model, None)
+            for s in slices:
+                if s.base_model is not None:
+                    seen.setdefault(s.base_model, None)
+                for src in s.sources:
+                    seen.setdefault(src.model, None)
         return list(seen)
+
+    def input_groups(self) -> list[tuple[str, tuple[InputModel, ...], tuple[OutputSlice, ...], Parameters]]:
+        """(yaml path prefix, models, slices, module parameters) for the top level or each module."""
+        if self.modules:
+            return [(m.yaml_path, m.models, m.slices, m.parameters) for m in self.modules]
+        return [("", self.models, self.slices, {})]

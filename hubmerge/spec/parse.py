@@ -16,6 +16,7 @@ from hubmerge.spec.model import (
     Conditional,
     InputModel,
     MergeSpec,
+    ModuleSpec,
     OutputSlice,
     Parameters,
     SearchRange,
@@ -87,42 +88,25 @@ def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec | MoESpe
 # ---------------------------------------------------------------------------------------------
 # Building dataclasses from a schema-valid document
 
-_LAYERED_MODULE = "default"
-
 
 def _build(doc: dict[str, Any]) -> MergeSpec:
     models_doc = doc.get("models")
     slices_doc = doc.get("slices")
-    module_params: Parameters = {}
-    prefix_models, prefix_slices = "models", "slices"
-    if "modules" in doc:
-        (module_name, module), = doc["modules"].items()
-        if module_name != _LAYERED_MODULE:
-            raise SpecError(
-                f"module '{module_name}' is not supported; only single-module models ('{_LAYERED_MODULE}')",
-                path=f"modules.{module_name}",
-                hint="use top-level 'models' or 'slices' for text-only models",
-            )
-        if models_doc or slices_doc:
-            raise SpecError("use either 'modules' or top-level 'models'/'slices', not both", path="modules")
-        models_doc, slices_doc = module.get("models"), module.get("slices")
-        module_params = _params(module.get("parameters"))
-        prefix_models = f"modules.{module_name}.models"
-        prefix_slices = f"modules.{module_name}.slices"
-    if bool(models_doc) == bool(slices_doc):
+    if "modules" in doc and (models_doc or slices_doc):
+        key = "models" if models_doc else "slices"
+        raise SpecError(f"'modules' and top-level '{key}' cannot be mixed", path=key,
+                        hint="move the models or slices into the module they are for (modules.<name>.models)")
+    if "modules" not in doc and bool(models_doc) == bool(slices_doc):
         raise SpecError(
             "exactly one of 'models', 'slices' or 'modules' must be given",
             path="<root>",
-            hint="'models' merges whole models; 'slices' picks layer ranges",
+            hint="'models' merges whole models; 'slices' picks layer ranges; 'modules' does either per module",
         )
 
     base = _ref(doc.get("base_model"), "base_model") if doc.get("base_model") is not None else None
-    models = tuple(
-        InputModel(_ref(m["model"], f"{prefix_models}[{i}].model"), _params(m.get("parameters")),
-                   f"{prefix_models}[{i}]")
-        for i, m in enumerate(models_doc or ())
-    )
-    slices = tuple(_slice(s, f"{prefix_slices}[{i}]") for i, s in enumerate(slices_doc or ()))
+    models = _models(models_doc, "models")
+    slices = tuple(_slice(s, f"slices[{i}]") for i, s in enumerate(slices_doc or ()))
+    modules = tuple(_module(name, m, f"modules.{name}") for name, m in (doc.get("modules") or {}).items())
 
     parameters = _params(doc.get("parameters"))
 
@@ -145,7 +129,7 @@ def _build(doc: dict[str, Any]) -> MergeSpec:
         models=models,
         slices=slices,
         parameters=parameters,
-        module_parameters=module_params,
+        modules=modules,
         dtype=_dtype(doc.get("dtype")),
         out_dtype=_dtype(doc.get("out_dtype")),
         tokenizer=tokenizer,
@@ -154,6 +138,21 @@ def _build(doc: dict[str, Any]) -> MergeSpec:
         hubmerge=_options(doc.get("hubmerge") or {}),
         raw=doc,
     )
+
+
+def _models(docs: list[dict[str, Any]] | None, path: str) -> tuple[InputModel, ...]:
+    return tuple(InputModel(_ref(m["model"], f"{path}[{i}].model"), _params(m.get("parameters")), f"{path}[{i}]")
+                 for i, m in enumerate(docs or ()))
+
+
+def _module(name: str, doc: dict[str, Any], path: str) -> ModuleSpec:
+    """``modules.<name>``: exactly one of models / slices, as for the whole model (mergekit's grammar)."""
+    if bool(doc.get("models")) == bool(doc.get("slices")):
+        raise SpecError(f"module '{name}' needs exactly one of 'models' or 'slices'", path=path,
+                        hint="'models' merges the module's whole stack; 'slices' picks its layer ranges")
+    slices = tuple(_slice(s, f"{path}.slices[{i}]") for i, s in enumerate(doc.get("slices") or ()))
+    return ModuleSpec(name, _models(doc.get("models"), f"{path}.models"), slices, _params(doc.get("parameters")),
+                      path)
 
 
 def _slice(doc: dict[str, Any], path: str) -> OutputSlice:

@@ -6,6 +6,8 @@ planner for every output tensor, still before any tensor data is read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from hubmerge.errors import SpecError
 from hubmerge.spec import methods
 from hubmerge.spec.methods import MethodContract
@@ -36,14 +38,16 @@ def check_spec(spec: MergeSpec) -> None:
 def _levels(spec: MergeSpec) -> list[tuple[str, Parameters, bool]]:
     """(yaml path, parameters, is_per_input) for every parameters mapping in the spec."""
     out: list[tuple[str, Parameters, bool]] = [("parameters", spec.parameters, False)]
-    if spec.module_parameters:
-        out.append(("modules.default.parameters", spec.module_parameters, False))
-    for m in spec.models:
-        out.append((f"{m.yaml_path}.parameters", m.parameters, True))
-    for s in spec.slices:
-        out.append((f"{s.yaml_path}.parameters", s.parameters, False))
-        for src in s.sources:
-            out.append((f"{src.yaml_path}.parameters", src.parameters, True))
+    for module in spec.modules:
+        if module.parameters:
+            out.append((f"{module.yaml_path}.parameters", module.parameters, False))
+    for _, models, slices, _ in spec.input_groups():
+        for m in models:
+            out.append((f"{m.yaml_path}.parameters", m.parameters, True))
+        for s in slices:
+            out.append((f"{s.yaml_path}.parameters", s.parameters, False))
+            for src in s.sources:
+                out.append((f"{src.yaml_path}.parameters", src.parameters, True))
     return out
 
 
@@ -79,23 +83,38 @@ def _check_levels(spec: MergeSpec, method: MethodContract) -> None:
                     raise SpecError(str(exc), path=f"{path}.{name}") from None
 
 
-def _inputs_of(spec: MergeSpec) -> list[tuple[str, list[ModelRef], ModelRef | None]]:
-    """(yaml path, input models incl. an implicitly added base, base) per merge group."""
+@dataclass
+class _Group:
+    """One merge group (the models of the top level or of a module, or one slice) and its parameter levels."""
+
+    path: str
+    models: list[ModelRef]  # an implicitly added base included
+    base: ModelRef | None
+    shared: list[Parameters]  # slice, module and top-level parameters
+    own: dict[ModelRef, Parameters] = field(default_factory=dict)  # each input's own parameters
+    where: dict[ModelRef, str] = field(default_factory=dict)  # each input's YAML path
+
+
+def _inputs_of(spec: MergeSpec) -> list[_Group]:
     groups = []
-    if spec.models:
-        models = [m.model for m in spec.models]
-        base = spec.base_model
-        if base is not None and base not in models:
-            models.append(base)
-        groups.append(("models", models, base))
-    for s in spec.slices:
-        base = s.base_model or spec.base_model
-        groups.append((f"{s.yaml_path}.sources", [src.model for src in s.sources], base))
+    for prefix, models_in, slices, module_params in spec.input_groups():
+        levels = [module_params, spec.parameters]
+        if models_in:
+            g = _Group(f"{prefix}.models" if prefix else "models", [m.model for m in models_in], spec.base_model,
+                       levels, {m.model: m.parameters for m in models_in}, {m.model: m.yaml_path for m in models_in})
+            if g.base is not None and g.base not in g.models:
+                g.models.append(g.base)
+            groups.append(g)
+        for s in slices:
+            groups.append(_Group(f"{s.yaml_path}.sources", [src.model for src in s.sources],
+                                 s.base_model or spec.base_model, [s.parameters] + levels,
+                                 {src.model: src.parameters for src in s.sources}))
     return groups
 
 
 def _check_contract(spec: MergeSpec, method: MethodContract) -> None:
-    for path, models, base in _inputs_of(spec):
+    for g in _inputs_of(spec):
+        path, models, base = g.path, g.models, g.base
         if method.base == "required" and base is None:
             raise SpecError(f"merge method '{method.name}' needs a base model", path="base_model",
                             hint="add 'base_model: <the model the others were fine-tuned from>'")
@@ -120,24 +139,18 @@ def _check_required(spec: MergeSpec, method: MethodContract) -> None:
     for param in method.params:
         if not param.required:
             continue
-        shared_levels = [spec.parameters, spec.module_parameters]
-        for path, models, base in _inputs_of(spec):
-            slice_levels = shared_levels + [s.parameters for s in spec.slices if path.startswith(s.yaml_path)]
+        for g in _inputs_of(spec):
             if param.scope == "shared":
-                if not any(param.name in lv for lv in slice_levels):
+                if not any(param.name in lv for lv in g.shared):
                     raise SpecError(f"merge method '{method.name}' needs parameter '{param.name}'",
                                     path="parameters", hint=f"add 'parameters: {{{param.name}: ...}}'")
                 continue
-            if any(param.name in lv for lv in slice_levels):
+            if any(param.name in lv for lv in g.shared):
                 continue
-            for model in models:
-                if model == base and method.base != "ignored" and not param.includes_base:
+            for model in g.models:
+                if model == g.base and method.base != "ignored" and not param.includes_base:
                     continue
-                own = [m.parameters for m in spec.models if m.model == model]
-                own += [src.parameters for s in spec.slices for src in s.sources
-                        if src.model == model and path.startswith(s.yaml_path)]
-                if not any(param.name in lv for lv in own):
-                    where = next((m.yaml_path for m in spec.models if m.model == model), path)
+                if param.name not in g.own.get(model, {}):
                     raise SpecError(f"model {model} has no '{param.name}' for merge method '{method.name}'",
-                                    path=f"{where}.parameters",
+                                    path=f"{g.where.get(model, g.path)}.parameters",
                                     hint=f"set '{param.name}' for this model or in the top-level parameters")

@@ -86,8 +86,10 @@ modules:
         parameters: {weight: 2}
     parameters: {normalize: false}
 """)
-    assert spec.models[0].model == ModelRef("org/a", "v1.0")
-    assert spec.module_parameters == {"normalize": False}
+    (module,) = spec.modules
+    assert module.name == "default" and module.yaml_path == "modules.default" and not spec.models
+    assert module.models[0].model == ModelRef("org/a", "v1.0") and module.models[0].yaml_path == "modules.default.models[0]"
+    assert module.parameters == {"normalize": False}
 
 
 def test_misspelled_parameter_names_path_and_suggests():

@@ -1,0 +1,174 @@
+"""Multimodal and encoder-decoder models, module by module, against mergekit 0.1.5.
+
+The models are built by transformers (tests/merge/arch_models.py); every recipe of every family runs through one
+``mergekit-multi`` process and through hubmerge, and the outputs are compared tensor by tensor (bitwise) and
+config field by config field. Where mergekit 0.1.5 cannot merge a family (Whisper) or writes a broken model
+(a module left out of ``modules:``, per-layer config lists not re-indexed), hubmerge's output is checked against
+independent computations and by loading it with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from arch_models import forward_finite, load_checked
+from helpers import load_folder
+
+from hubmerge.pipeline.run import MergeOptions, run_merge
+from hubmerge.spec import parse_spec
+
+pytestmark = pytest.mark.mergekit
+
+# The modules of each tiny family and their layer counts (facts of the configs in arch_models.py).
+MODULES = {
+    "gemma3": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 0},
+    "qwen2_vl": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 2},
+    "qwen2_5_vl": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 2},
+    "qwen3_vl": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 3},
+    "mistral3": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 0},
+    "llama4": {"text_decoder": 4, "vision_model": 3, "multi_modal_projector": 0},
+    "t5": {"encoder": 3, "decoder": 2, "shared": 0},
+}
+FAMILIES = sorted(MODULES)
+
+LINEAR = """merge_method: linear
+base_model: {f}/m0
+models:
+  - model: {f}/m0
+    parameters: {{weight: 0.3}}
+  - model: {f}/m1
+    parameters: {{weight: [{{filter: mlp, value: 0.9}}, {{value: [0.2, 0.6]}}]}}
+"""
+SLERP = """merge_method: slerp
+base_model: {f}/m0
+models:
+  - model: {f}/m0
+  - model: {f}/m1
+parameters:
+  t: [{{filter: self_attn, value: [0, 0.5, 1]}}, {{filter: mlp, value: [1, 0.2]}}, {{value: [0.3, 0.7]}}]
+"""
+TIES = """merge_method: ties
+base_model: {f}/m0
+models:
+  - model: {f}/m1
+    parameters: {{weight: 0.7, density: [0.2, 0.8]}}
+  - model: {f}/m2
+    parameters: {{weight: [{{filter: attn, value: 0.5}}, {{value: 0.4}}], density: 0.5}}
+parameters: {{normalize: true}}
+"""
+
+
+def _count_preserving_slices(f: str, n: int) -> list[dict]:
+    """Two slices from two models that repeat a layer and drop the last, keeping the count (mergekit 0.1.5
+    cannot save a config whose per-layer lists no longer match the count, so the count stays)."""
+    half = (n + 1) // 2
+    second = [half - 1, n - 1] if n > 2 else [1, 2]  # T5: only layer 0 has the relative attention bias
+    return [{"sources": [{"model": f"{f}/m0", "layer_range": [0, half]}]},
+            {"sources": [{"model": f"{f}/m1", "layer_range": second}]}]
+
+
+def modules_spec(f: str, method: str, *, leave_out: str | None = None) -> str:
+    modules = {}
+    for i, (name, n) in enumerate(MODULES[f].items()):
+        if name == leave_out:
+            continue
+        if method == "passthrough":
+            modules[name] = ({"slices": _count_preserving_slices(f, n)} if n > 1
+                             else {"models": [{"model": f"{f}/m{1 + i % 2}"}]})
+        else:  # slerp, each module with parameters of its own, falling back to the top level's
+            modules[name] = {"models": [{"model": f"{f}/m0"}, {"model": f"{f}/m1"}],
+                             "parameters": {"t": [{"filter": "mlp", "value": [0.1 * (i + 1), 0.9]},
+                                                  {"filter": "norm", "value": 0.25}]}}
+    doc = {"merge_method": method, "modules": modules}
+    if method != "passthrough":
+        doc.update(base_model=f"{f}/m0", parameters={"t": 0.6})
+    return json.dumps(doc)
+
+
+def recipes(f: str) -> dict[str, str]:
+    return {"linear": LINEAR.format(f=f), "slerp": SLERP.format(f=f), "ties": TIES.format(f=f),
+            "modules_slerp": modules_spec(f, "slerp"), "modules_passthrough": modules_spec(f, "passthrough"),
+            "modules_partial": modules_spec(f, "slerp", leave_out=list(MODULES[f])[-1])}
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged(multimodal_models, tmp_path_factory):
+    """Every recipe of every family, merged by mergekit-multi (one process) and by hubmerge."""
+    root = next(iter(multimodal_models.values())).parent
+    stages = {f"{f}-{name}": text for f in FAMILIES for name, text in recipes(f).items()}
+    multi = root / "modules-multi.yml"
+    multi.write_text("\n---\n".join(f"name: {name}\n{text}" if not text.startswith("{")
+                                    else json.dumps({"name": name, **json.loads(text)}) for name, text in stages.items()))
+    theirs = tmp_path_factory.mktemp("mergekit")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([str(Path(sys.executable).with_name("mergekit-multi")), str(multi), "-I", str(theirs),
+                           "--allow-crimes", "--no-write-model-card", "--no-copy-tokenizer"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = tmp_path_factory.mktemp("hubmerge")
+    for name, text in stages.items():
+        run_merge(parse_spec(text), ours / name, MergeOptions(base_dir=root, show_progress=False))
+    return root, ours, theirs
+
+
+# Config entries hubmerge re-indexes on purpose when layers repeat or drop (mergekit 0.1.5 leaves them as they were,
+# describing layers the output no longer has): {(family, recipe): {path: value}}.
+REINDEXED = {
+    ("llama4", "modules_passthrough"): {"text_config.moe_layers": [1, 2], "text_config.no_rope_layers": [1, 1, 1, 1],
+                                        "text_config.layer_types": ["chunked_attention"] * 4},
+    ("qwen2_5_vl", "modules_passthrough"): {"vision_config.fullatt_block_indexes": []},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bitwise_and_config_equal(merged, family):
+    root, ours, theirs = merged
+    for name in recipes(family):
+        stage = f"{family}-{name}"
+        a, b = load_folder(ours / stage), load_folder(theirs / stage)
+        if name == "modules_partial":
+            # mergekit leaves the module out (its output does not load); hubmerge copies it from the base
+            left_out = sorted(set(a) - set(b))
+            base = load_folder(root / family / "m0")
+            assert left_out and all(torch.equal(a[k], base[k]) for k in left_out), stage
+            a = {k: v for k, v in a.items() if k in b}
+        assert sorted(a) == sorted(b), (stage, set(a) ^ set(b))
+        differ = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+        assert not differ, f"{stage}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:4]}"
+        ca = _flat(json.loads((ours / stage / "config.json").read_text()))
+        cb = _flat(json.loads((theirs / stage / "config.json").read_text()))
+        expected = REINDEXED.get((family, name), {})
+        diffs = {k: (ca.get(k), cb.get(k)) for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)}
+        assert set(diffs) == set(expected), (stage, diffs)
+        assert all(ca[k] == v for k, v in expected.items()), (stage, diffs)
+        # the processor file comes from the base model (m0), else from the first model named (mergekit takes
+        # the first of a set: an order that changes with the hash seed)
+        processor = (ours / stage / "preprocessor_config.json").read_bytes()
+        assert processor == (root / family / "m0" / "preprocessor_config.json").read_bytes(), stage
+        if name != "modules_passthrough" and family != "t5":  # mergekit copies processor files for VL families
+            assert processor == (theirs / stage / "preprocessor_config.json").read_bytes(), stage
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_outputs_load_in_transformers(merged, family):
+    _, ours, _ = merged
+    for name in ("modules_passthrough", "modules_partial", "ties"):
+        model, info = load_checked(ours / f"{family}-{name}")
+        assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
+        assert forward_finite(model), name
