@@ -19,7 +19,8 @@ import torch
 
 from hubmerge.evolve.evaluate import ModelHolder, read_state_dict
 from hubmerge.merge.executor import _Loaded, aligned, merge_tensor, pick_device
-from hubmerge.merge.plan import MergePlan, PlannedInput, build_plan, output_config
+from hubmerge.merge.plan import MergePlan, PlannedInput, build_plan
+from hubmerge.merge.plan_config import output_config
 from hubmerge.merge.tokenizer.files import tokenizer_file_bytes
 from hubmerge.pipeline.run import MergeOptions, open_sources, run_merge
 from hubmerge.spec.model import MergeSpec

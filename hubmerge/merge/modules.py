@@ -157,6 +157,11 @@ class ModelLayout:
         return [m.name for m in self.modules]
 
     @property
+    def num_layers(self) -> int:
+        """Layers of every module together (a text model's only stack)."""
+        return sum(m.num_layers for m in self.modules)
+
+    @property
     def layered(self) -> list[ModuleLayout]:
         """The modules that are stacks of layers (what a top-level ``slices:`` cannot span at once)."""
         return [m for m in self.modules if m.layers or m.every_layer]
@@ -316,9 +321,11 @@ def _guess(names: list[str], config: dict[str, Any], model: str) -> ModelLayout:
         return ModelLayout((b.build(model, configured=_count(config_value(config, key)) if key else None,
                                     count_keys=(key,) if key else (), gaps_allowed=False),))
     modules = []
-    for prefix, b in stacks.items():
-        found = max(b.layers) + 1
-        key = _guess_count_key(config, found)
+    # A config key counts a stack only when one stack without gaps has that many layers (``mlp.0``/``mlp.2``
+    # of a projector read as a stack are not what ``depth`` counts).
+    counts = [max(b.layers) + 1 if len(b.layers) == max(b.layers) + 1 else None for b in stacks.values()]
+    for b, found in zip(stacks.values(), counts):
+        key = _guess_count_key(config, found) if found is not None and counts.count(found) == 1 else None
         modules.append(b.build(model, configured=None, count_keys=(key,) if key else (), gaps_allowed=True))
     rest = _Builder(DEFAULT_MODULE)
     rest.pre = loose

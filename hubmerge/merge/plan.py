@@ -18,7 +18,6 @@ from hubmerge.errors import PlanError, SpecError
 from hubmerge.merge.layout import input_embedding_name, is_output_embedding
 from hubmerge.merge.methods import MergeMethod
 from hubmerge.merge.modules import ModelLayout, ModuleLayout, analyse
-from hubmerge.merge.plan_config import output_config  # noqa: F401 (re-exported: pipeline.run writes it)
 from hubmerge.merge.plan_groups import Group, ModuleWork, module_work
 from hubmerge.merge.tokenizer import planning as tokenization
 from hubmerge.sources.model import ModelSource

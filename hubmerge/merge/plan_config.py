@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hubmerge.merge.plan import MergePlan, PlannedModule
 from hubmerge.merge.tokenizer import planning as tokenization
 from hubmerge.sources.safetensors_format import DTYPES
-
-if TYPE_CHECKING:
-    from hubmerge.merge.plan import MergePlan, PlannedModule
 
 logger = logging.getLogger(__name__)
 

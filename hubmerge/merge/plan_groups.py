@@ -102,7 +102,7 @@ def _groups(spec: MergeSpec, models: tuple[InputModel, ...], slices: tuple[Outpu
             available = layers_of(src.model, src.yaml_path)
             if src.layer_range[1] > available:
                 where = f"module '{module}' of " if module != "default" else ""
-                raise PlanError(f"{src.yaml_path}.layer_range {list(src.layer_range)} goes past the {available} "
+                raise PlanError(f"{src.yaml_path}.layer_range: {list(src.layer_range)} goes past the {available} "
                                 f"layers of {where}{sources[src.model].name}",
                                 hint=f"layer_range is [first, last+1) within 0..{available}")
         groups.append(Group(list(s.sources), s.base_model or spec.base_model, s.parameters, s.yaml_path))

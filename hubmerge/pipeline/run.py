@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubmerge.merge.moe.plan import plan_moe
-from hubmerge.merge.plan import MergePlan, build_plan, output_config
+from hubmerge.merge.plan import MergePlan, build_plan
+from hubmerge.merge.plan_config import output_config
 from hubmerge.merge.tokenizer import write_tokenizer_files
 from hubmerge.output.shards import DEFAULT_MAX_SHARD_SIZE, ShardEntry, layout_shards
 from hubmerge.pipeline import moe

@@ -156,6 +156,8 @@ def forward_finite(model) -> bool:
     """Run the model on a few tokens (text only; audio features for Whisper) and check every output is finite."""
     ids = torch.tensor([[1, 5, 7, 9]])
     config = model.config
+    if type(model).__name__.endswith("ForMultipleChoice"):
+        ids = ids.unsqueeze(0).repeat(1, 2, 1)  # (batch, choices, tokens)
     kwargs: dict[str, Any] = {"input_ids": ids}
     if getattr(config, "is_encoder_decoder", False):
         kwargs["decoder_input_ids"] = torch.tensor([[1, 3]])

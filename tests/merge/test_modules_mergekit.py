@@ -107,11 +107,25 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def _unknown_family(root: Path) -> None:
+    """Qwen2.5-VL under an architecture name neither tool has a definition for: both guess its stacks from names."""
+    for name in ("m0", "m1"):
+        src, dst = root / "qwen2_5_vl" / name, root / "unknown" / name
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+        config = json.loads((src / "config.json").read_text())
+        config["architectures"] = ["SomeNewVLForConditionalGeneration"]
+        (dst / "config.json").write_text(json.dumps(config, indent=2))
+
+
 @pytest.fixture(scope="module")
 def merged(multimodal_models, tmp_path_factory):
     """Every recipe of every family, merged by mergekit-multi (one process) and by hubmerge."""
     root = next(iter(multimodal_models.values())).parent
+    _unknown_family(root)
     stages = {f"{f}-{name}": text for f in FAMILIES for name, text in recipes(f).items()}
+    stages["unknown-slerp"] = SLERP.format(f="unknown")
+    stages["unknown-linear"] = LINEAR.format(f="unknown")
     multi = root / "modules-multi.yml"
     multi.write_text("\n---\n".join(f"name: {name}\n{text}" if not text.startswith("{")
                                     else json.dumps({"name": name, **json.loads(text)}) for name, text in stages.items()))
@@ -124,6 +138,9 @@ def merged(multimodal_models, tmp_path_factory):
     ours = tmp_path_factory.mktemp("hubmerge")
     for name, text in stages.items():
         run_merge(parse_spec(text), ours / name, MergeOptions(base_dir=root, show_progress=False))
+    for name in ("slerp", "modules_passthrough"):  # Gemma 3 as transformers 5 writes it (mergekit cannot read it)
+        text = recipes("gemma3")[name].replace("gemma3/", "gemma3-native/")
+        run_merge(parse_spec(text), ours / f"gemma3-native-{name}", MergeOptions(base_dir=root, show_progress=False))
     return root, ours, theirs
 
 
@@ -165,10 +182,35 @@ def test_bitwise_and_config_equal(merged, family):
             assert processor == (theirs / stage / "preprocessor_config.json").read_bytes(), stage
 
 
+def test_unknown_family_guessed_as_mergekit_infers(merged):
+    """No definition in either tool: each stack of layers on its own positions, from tensor names alone."""
+    _, ours, theirs = merged
+    for stage in ("unknown-slerp", "unknown-linear"):
+        a, b = load_folder(ours / stage), load_folder(theirs / stage)
+        assert sorted(a) == sorted(b)
+        differ = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not differ, f"{stage}: {len(differ)} differ, e.g. {differ[:4]}"
+
+
+def test_gemma3_as_transformers_writes_it(merged):
+    """The same merges of the checkpoints transformers 5 writes (vision tower without 'vision_model.'): equal to
+    mergekit's merges of the Hub layout, name for name."""
+    _, ours, theirs = merged
+    for name in ("slerp", "modules_passthrough"):
+        native = load_folder(ours / f"gemma3-native-{name}")
+        hub = load_folder(theirs / f"gemma3-{name}")
+        renamed = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+                   for k, v in native.items()}
+        assert sorted(renamed) == sorted(hub)
+        assert all(torch.equal(renamed[k], hub[k]) for k in hub), name
+    model, info = load_checked(ours / "gemma3-native-modules_passthrough")
+    assert not info["missing_keys"] and not info["unexpected_keys"] and forward_finite(model)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_outputs_load_in_transformers(merged, family):
     _, ours, _ = merged
-    for name in ("modules_passthrough", "modules_partial", "ties"):
+    for name in ("modules_passthrough", "modules_partial"):
         model, info = load_checked(ours / f"{family}-{name}")
         assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
         assert forward_finite(model), name

@@ -132,7 +132,7 @@ def test_validate_cli_prints_plan(llama, capsys):
 
 
 def test_per_layer_config_lists_follow_the_source_layers(tmp_path):
-    from hubmerge.merge.plan import output_config
+    from hubmerge.merge.plan_config import output_config
 
     family(tmp_path, arch="gemma2", layers=4)  # layer_types alternates sliding/full from layer 0
     plan = _plan("merge_method: passthrough\nslices:\n  - sources: [{model: base, layer_range: [1, 4]}]\n"

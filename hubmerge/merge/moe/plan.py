@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from hubmerge.errors import PlanError
-from hubmerge.merge.layout import LAYER_RE, analyse, is_output_embedding
+from hubmerge.merge.layout import LAYER_RE, is_output_embedding
+from hubmerge.merge.modules import analyse
 from hubmerge.merge.moe import families as fam
 from hubmerge.merge.moe.config import base_config, moe_config
 from hubmerge.merge.plan import TORCH_DTYPES, PlannedInput, PlannedTensor, tensor_seed
