@@ -24,8 +24,8 @@ TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_atte
 TOKENS = dict(image_token_id=299, video_token_id=298, vision_start_token_id=297, vision_end_token_id=296)
 
 
-def _qwen_vl(config_cls, vision: dict[str, Any], rope: dict[str, Any], head_dim: int | None = None):
-    text = dict(TEXT, rope_scaling=rope, **({"head_dim": head_dim} if head_dim else {}))
+def _qwen_vl(config_cls, vision: dict[str, Any], rope: dict[str, Any], head_dim: int | None = None, **text_extra):
+    text = dict(TEXT, rope_scaling=rope, **({"head_dim": head_dim} if head_dim else {}), **text_extra)
     return config_cls(text_config=text, vision_config=vision, **TOKENS)
 
 
@@ -54,6 +54,13 @@ def multimodal_configs() -> dict[str, tuple[Any, str]]:
                               {"rope_type": "default", "mrope_section": [4, 6, 6], "mrope_interleaved": True},
                               head_dim=32),
                      "Qwen3VLForConditionalGeneration"),
+        "qwen3_vl_moe": (_qwen_vl(transformers.Qwen3VLMoeConfig,
+                                  dict(depth=3, hidden_size=32, out_hidden_size=64, num_heads=2, intermediate_size=64,
+                                       patch_size=14, spatial_merge_size=2, deepstack_visual_indexes=[0, 1, 2],
+                                       num_position_embeddings=16),
+                                  {"rope_type": "default", "mrope_section": [4, 6, 6], "mrope_interleaved": True},
+                                  head_dim=32, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2),
+                         "Qwen3VLMoeForConditionalGeneration"),
         "mistral3": (transformers.Mistral3Config(
             text_config=dict(TEXT, model_type="mistral", head_dim=32),
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,

@@ -30,6 +30,8 @@ EXPECTED = {
                    "vision_tower": (3, "vision_config.depth")},
     "qwen3_vl": {"text_decoder": (4, "text_config.num_hidden_layers"), "multi_modal_projector": (3, None),
                  "vision_tower": (3, "vision_config.depth")},
+    "qwen3_vl_moe": {"text_decoder": (4, "text_config.num_hidden_layers"), "multi_modal_projector": (3, None),
+                     "vision_tower": (3, "vision_config.depth")},
     "mistral3": {"text_decoder": (4, "text_config.num_hidden_layers"), "multi_modal_projector": (0, None),
                  "vision_tower": (3, "vision_config.num_hidden_layers")},
     "llama4": {"text_decoder": (4, "text_config.num_hidden_layers"), "multi_modal_projector": (0, None),

@@ -31,6 +31,7 @@ MODULES = {
     "qwen2_vl": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 2},
     "qwen2_5_vl": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 2},
     "qwen3_vl": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 3},
+    "qwen3_vl_moe": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 3},
     "mistral3": {"text_decoder": 4, "vision_tower": 3, "multi_modal_projector": 0},
     "llama4": {"text_decoder": 4, "vision_model": 3, "multi_modal_projector": 0},
     "t5": {"encoder": 3, "decoder": 2, "shared": 0},
