@@ -73,6 +73,12 @@ def multimodal_configs() -> dict[str, tuple[Any, str]]:
                                image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,
                                projector_output_dim=64, pixel_shuffle_ratio=0.5),
             image_token_index=299, boi_token_index=297, eoi_token_index=298), "Llama4ForConditionalGeneration"),
+        # no mergekit definition (its inference writes no text model): checked against independent expectations
+        "llava": (transformers.LlavaConfig(
+            text_config=dict(TEXT, model_type="llama"),
+            vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                               num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
+            image_token_index=299), "LlavaForConditionalGeneration"),
         # T5 v1.1 (gated-gelu, untied head, as Flan-T5): the layout mergekit's T5 definition describes.
         "t5": (transformers.T5Config(vocab_size=300, d_model=32, d_kv=16, d_ff=64, num_layers=3, num_decoder_layers=2,
                                      num_heads=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,

@@ -36,6 +36,8 @@ EXPECTED = {
                  "vision_tower": (3, "vision_config.num_hidden_layers")},
     "llama4": {"text_decoder": (4, "text_config.num_hidden_layers"), "multi_modal_projector": (0, None),
                "vision_model": (3, "vision_config.num_hidden_layers")},
+    "llava": {"text_decoder": (4, "text_config.num_hidden_layers"), "multi_modal_projector": (0, None),
+              "vision_tower": (3, "vision_config.num_hidden_layers")},
     "t5": {"decoder": (2, "num_decoder_layers"), "encoder": (3, "num_layers"), "shared": (0, None)},
     "whisper": {"decoder": (2, "decoder_layers"), "encoder": (3, "encoder_layers")},
 }
@@ -249,10 +251,12 @@ def test_flat_and_nested_layer_counts_both_follow(multimodal_models, tmp_path):
     ("whisper", {"encoder": [[0, 2], [1, 3]], "decoder": [[1, 2]]}),
     ("qwen2_vl-native", {"text_decoder": [[0, 3], [2, 4]], "vision_tower": [[0, 2]]}),
     ("gemma3-native", {"text_decoder": [[0, 2]], "vision_tower": [[0, 3], [1, 3]]}),
+    ("llava", {"text_decoder": [[0, 3], [1, 4]], "vision_tower": [[1, 3]]}),
 ])
 def test_frankenmerges_mergekit_cannot_read(multimodal_models, tmp_path, family, modules):
-    """Whisper, and Qwen2-VL and Gemma 3 as transformers 5 writes them: mergekit 0.1.5 stops on them; hubmerge's
-    per-module frankenmerges load, with each module's layer count where the config keeps it."""
+    """Whisper, and Qwen2-VL and Gemma 3 as transformers 5 writes them: mergekit 0.1.5 stops on them (on LLaVA it
+    writes no text model); hubmerge's per-module frankenmerges load, with each module's layer count where the
+    config keeps it."""
     root = multimodal_models[family]
     doc = {"merge_method": "passthrough", "modules": {
         name: {"slices": [{"sources": [{"model": f"m{i}", "layer_range": r}]} for i, r in enumerate(ranges)]}
