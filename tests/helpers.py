@@ -47,6 +47,18 @@ def run_mergekit(spec: Path, out: Path, *extra: str, timeout: int = 600):
     return proc
 
 
+def run_mergekit_multi(stages: dict[str, str], root: Path, out: Path, *, timeout: int = 1200):
+    """Every stage ({name: YAML}) through one mergekit-multi 0.1.5 process, offline; outputs in ``out/<name>``."""
+    multi = root / "mergekit-multi.yml"
+    multi.write_text("\n---\n".join(f"name: {name}\n{text}" for name, text in stages.items()))
+    exe = Path(sys.executable).with_name("mergekit-multi")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([str(exe), str(multi), "-I", str(out), "--allow-crimes", "--no-write-model-card",
+                           "--no-copy-tokenizer"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def publish_family(server, repo_id_factory, family_root: Path, names=("base", "chat", "math"), *,
                    namespace: str = "up") -> dict[str, str]:
     """Each of ``names`` from a local family published on the test Hub by another user; {name: repo id}."""

@@ -161,11 +161,6 @@ class ModelLayout:
         """Layers of every module together (a text model's only stack)."""
         return sum(m.num_layers for m in self.modules)
 
-    @property
-    def layered(self) -> list[ModuleLayout]:
-        """The modules that are stacks of layers (what a top-level ``slices:`` cannot span at once)."""
-        return [m for m in self.modules if m.layers or m.every_layer]
-
     def describe(self) -> str:
         how = f"rule for {self.family}" if self.family else "guessed from tensor names"
         parts = [f"{m.name} ({m.num_layers} layers)" for m in self.modules]

@@ -184,3 +184,11 @@ def forward_finite(model) -> bool:
         out = model(**kwargs)
     tensors = [v for v in (out.values() if hasattr(out, "values") else [out]) if isinstance(v, torch.Tensor)]
     return bool(tensors) and all(torch.isfinite(t).all() for t in tensors)
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """{"text_config.num_hidden_layers": 4, ...}: nested sections flattened to dotted keys, for comparing configs."""
+    out = {}
+    for k, v in config.items():
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out

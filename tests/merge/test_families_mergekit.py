@@ -13,18 +13,15 @@ asked for, using mergekit's definition to tell the tensors before the layers fro
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import mergekit
 import pytest
 import torch
 import transformers
-from arch_models import build, forward_finite, load_checked, tiny_text_config
-from helpers import load_folder
+from arch_models import build, flat_config, forward_finite, load_checked, tiny_text_config
+from helpers import load_folder, run_mergekit_multi
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from hubmerge.pipeline.run import MergeOptions, run_merge
@@ -98,14 +95,8 @@ def sweep(tmp_path_factory):
             build(root / arch / f"m{seed}", tiny_text_config(model_type, arch), arch, seed)
     stages = {f"{arch}-{name}": text.format(f=arch) for arch in FAMILIES if arch not in MERGEKIT_FAILS
               for name, text in RECIPES.items()}
-    multi = root / "families.yml"
-    multi.write_text("\n---\n".join(f"name: {name}\n{text}" for name, text in stages.items()))
     theirs = root / "mergekit"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([str(Path(sys.executable).with_name("mergekit-multi")), str(multi), "-I", str(theirs),
-                           "--allow-crimes", "--no-write-model-card", "--no-copy-tokenizer"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_mergekit_multi(stages, root, theirs)
     ours = root / "hubmerge"
     for arch in FAMILIES:
         for name, text in RECIPES.items():
@@ -114,25 +105,18 @@ def sweep(tmp_path_factory):
     return root, ours, theirs
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 @pytest.mark.parametrize("arch", [a for a in FAMILIES if a not in MERGEKIT_FAILS])
 def test_family_bitwise_equal_to_mergekit(sweep, arch):
     root, ours, theirs = sweep
-    source = _flat(json.loads((root / arch / "m0" / "config.json").read_text()))
+    source = flat_config(json.loads((root / arch / "m0" / "config.json").read_text()))
     for name in RECIPES:
         stage = f"{arch}-{name}"
         a, b = load_folder(ours / stage), load_folder(theirs / stage)
         assert sorted(a) == sorted(b), (stage, sorted(set(a) ^ set(b))[:6])
         differ = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
         assert not differ, f"{stage}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:4]}"
-        ca = _flat(json.loads((ours / stage / "config.json").read_text()))
-        cb = _flat(json.loads((theirs / stage / "config.json").read_text()))
+        ca = flat_config(json.loads((ours / stage / "config.json").read_text()))
+        cb = flat_config(json.loads((theirs / stage / "config.json").read_text()))
         for key in set(ca) | set(cb):
             if ca.get(key) != cb.get(key):  # only per-layer lists, re-indexed onto the layers taken (mergekit keeps them)
                 assert name == "passthrough" and ca[key] == [source[key][i] for i in ORIGIN], (stage, key)

@@ -10,15 +10,13 @@ independent computations and by loading it with transformers.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from arch_models import forward_finite, load_checked
-from helpers import load_folder
+import yaml
+from arch_models import flat_config, forward_finite, load_checked
+from helpers import load_folder, run_mergekit_multi
 
 from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.spec import parse_spec
@@ -89,23 +87,13 @@ def modules_spec(f: str, method: str, *, leave_out: str | None = None) -> str:
     doc = {"merge_method": method, "modules": modules}
     if method != "passthrough":
         doc.update(base_model=f"{f}/m0", parameters={"t": 0.6})
-    return json.dumps(doc)
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def recipes(f: str) -> dict[str, str]:
     return {"linear": LINEAR.format(f=f), "slerp": SLERP.format(f=f), "ties": TIES.format(f=f),
             "modules_slerp": modules_spec(f, "slerp"), "modules_passthrough": modules_spec(f, "passthrough"),
             "modules_partial": modules_spec(f, "slerp", leave_out=list(MODULES[f])[-1])}
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _unknown_family(root: Path) -> None:
@@ -127,15 +115,8 @@ def merged(multimodal_models, tmp_path_factory):
     stages = {f"{f}-{name}": text for f in FAMILIES for name, text in recipes(f).items()}
     stages["unknown-slerp"] = SLERP.format(f="unknown")
     stages["unknown-linear"] = LINEAR.format(f="unknown")
-    multi = root / "modules-multi.yml"
-    multi.write_text("\n---\n".join(f"name: {name}\n{text}" if not text.startswith("{")
-                                    else json.dumps({"name": name, **json.loads(text)}) for name, text in stages.items()))
     theirs = tmp_path_factory.mktemp("mergekit")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([str(Path(sys.executable).with_name("mergekit-multi")), str(multi), "-I", str(theirs),
-                           "--allow-crimes", "--no-write-model-card", "--no-copy-tokenizer"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_mergekit_multi(stages, root, theirs)
     ours = tmp_path_factory.mktemp("hubmerge")
     for name, text in stages.items():
         run_merge(parse_spec(text), ours / name, MergeOptions(base_dir=root, show_progress=False))
@@ -169,8 +150,8 @@ def test_bitwise_and_config_equal(merged, family):
         assert sorted(a) == sorted(b), (stage, set(a) ^ set(b))
         differ = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
         assert not differ, f"{stage}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:4]}"
-        ca = _flat(json.loads((ours / stage / "config.json").read_text()))
-        cb = _flat(json.loads((theirs / stage / "config.json").read_text()))
+        ca = flat_config(json.loads((ours / stage / "config.json").read_text()))
+        cb = flat_config(json.loads((theirs / stage / "config.json").read_text()))
         expected = REINDEXED.get((family, name), {})
         diffs = {k: (ca.get(k), cb.get(k)) for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)}
         assert set(diffs) == set(expected), (stage, diffs)
