@@ -1,13 +1,13 @@
 """Side-by-side benchmark: mergekit-moe vs hubmerge moe on the same recipes, same machine, same run.
 
-Generates a dense Llama-shaped base and eight fine-tunes of it (default: 16 layers, hidden 1024, vocab 32000,
-~0.4 GB each in bf16), then for 2, 4 and 8 experts builds a Mixtral MoE with ``gate_mode: hidden`` (the
+Generates a dense Llama-shaped base and eight fine-tunes of it (default: TinyLlama's width with 12 layers,
+1.3 GB each in bf16), then for 2, 4 and 8 experts builds a Mixtral MoE with ``gate_mode: hidden`` (the
 base run on every expert's prompts) with each tool, alternately, as whole processes, and prints wall time,
 peak RSS and their ratios. mergekit-moe loads the whole base for the hidden states and buffers output
 shards in memory, so its peak grows with the experts; hubmerge streams the base layer by layer and every
 tensor part by part, so its peak should stay flat.
 
-    python benchmarks/bench_moe.py                      # the default run (a few minutes)
+    python benchmarks/bench_moe.py                      # the default run (~15 minutes, 20 GB of disk)
     python benchmarks/bench_moe.py --preset tiny --runs 1
 """
 
@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_merge import _fmt_gib, _fmt_s, _ratio, measure  # noqa: E402
 
 PRESETS = {
-    "default": dict(vocab=32000, hidden=1024, intermediate=2816, layers=16, heads=16, kv_heads=4),
+    # TinyLlama's width (hidden 2048, intermediate 5632, 32 heads / 4 kv heads, vocab 32000), 12 layers: 1.3 GB
+    "default": dict(vocab=32000, hidden=2048, intermediate=5632, layers=12, heads=32, kv_heads=4),
+    "small": dict(vocab=32000, hidden=1024, intermediate=2816, layers=16, heads=16, kv_heads=4),
     "tiny": dict(vocab=256, hidden=128, intermediate=256, layers=4, heads=4, kv_heads=2),
 }
 EXPERTS = ("e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8")

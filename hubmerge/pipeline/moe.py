@@ -7,7 +7,10 @@ here, so ``merge``, ``push``, ``reproduce``, ``verify`` and ``sync`` run them li
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +52,9 @@ from hubmerge.spec.yamlio import dump_yaml
 logger = logging.getLogger(__name__)
 
 RECIPE_FILE = "mergekit_moe_config.yml"  # as mergekit-moe names it
+# Parts are copied, not computed: a short read-ahead keeps the disk busy, and leaves memory to the router
+# rows computed beside them.
+PREFETCH_BYTES = 64 * 1024 * 1024
 
 
 def run_moe(spec: MoESpec, out_dir: str | Path, options: MergeOptions | None = None, *, hub: Any = None,
@@ -65,16 +71,24 @@ def run_moe(spec: MoESpec, out_dir: str | Path, options: MergeOptions | None = N
         prompted = spec.gate_mode not in ("random", "uniform_random")
         # The base's tokenizer tokenizes the prompts; that same object is saved with the MoE (with the padding
         # state the prompts left in it, as mergekit-moe saves it).
-        with _tokenizer_of(plan, plan.base, required=prompted) as tokenizer:
-            rows = router_rows(plan, tokenizer, device=options.device, show_progress=options.show_progress)
-            plan.method = bind_parts(rows)
-            shards = layout_shards([ShardEntry(t.name, t.dtype, t.shape) for t in plan.tensors], max_shard)
-            fingerprint = moe_fingerprint(plan, rows, max_shard)
-            # Copying and scaling tensors gains nothing from a GPU (--device serves the hidden states).
-            digest, files, progress, card = stream_to_folder(
-                plan, plan.items, shards, target, replace(options, device="cpu"), fingerprint,
-                finalize=lambda folder, digest: finalize_moe(plan, folder, shards, digest, tokenizer),
-                card_writer=card_writer, in_parts=True)
+        with _tokenizer_of(plan, plan.base, required=prompted) as tokenizer, \
+                ThreadPoolExecutor(1, thread_name_prefix="hubmerge-routing") as pool:
+            # The router rows are computed beside the streaming of everything else (routers are written last).
+            stop = threading.Event()
+            rows = pool.submit(router_rows, plan, tokenizer, device=options.device,
+                               show_progress=options.show_progress, stop=stop)
+            try:
+                plan.method = bind_parts(rows)
+                shards = layout_shards([ShardEntry(t.name, t.dtype, t.shape) for t in plan.tensors], max_shard)
+                fingerprint = moe_fingerprint(plan, max_shard, options.device)
+                # Copying and scaling tensors gains nothing from a GPU (--device serves the hidden states).
+                run = replace(options, device="cpu", prefetch_bytes=options.prefetch_bytes or PREFETCH_BYTES)
+                digest, files, progress, card = stream_to_folder(
+                    plan, plan.items, shards, target, run, fingerprint,
+                    finalize=lambda folder, digest: finalize_moe(plan, folder, shards, digest, tokenizer),
+                    card_writer=card_writer, in_parts=True)
+            finally:
+                stop.set()  # a failed stream: the routing thread gives up at its next layer
     finally:
         for m in plan.models:
             m.close()
@@ -86,10 +100,10 @@ def run_moe(spec: MoESpec, out_dir: str | Path, options: MergeOptions | None = N
 # -- router rows ------------------------------------------------------------------------------------------
 
 
-def router_rows(plan: MoEPlan, tokenizer: Any = None, *, device: str = "cpu",
-                show_progress: bool = True) -> dict[str, torch.Tensor]:
+def router_rows(plan: MoEPlan, tokenizer: Any = None, *, device: str = "cpu", show_progress: bool = True,
+                stop: threading.Event | None = None) -> dict[str, torch.Tensor]:
     """{"router": [layers, experts, hidden], "shared router": [layers, 1, hidden] (Qwen2-MoE)}. ``tokenizer``:
-    the base's, set up by ``routing_tokenizer`` (the prompted modes need it)."""
+    the base's, set up by ``routing_tokenizer`` (the prompted modes need it). ``stop``: give up when set."""
     spec = plan.spec
     groups = {"router": list(spec.experts)}
     if plan.family.shared_gated:
@@ -124,7 +138,7 @@ def router_rows(plan: MoEPlan, tokenizer: Any = None, *, device: str = "cpu",
     else:
         vectors = layer_inputs_per_batch(base, batches, prefix=plan.layer_prefix, num_layers=plan.num_layers,
                                          device=pick_device(device), average=spec.gate_mode == "hidden_avg",
-                                         show_progress=show_progress)
+                                         show_progress=show_progress, stop=stop)
     out = {}
     for group, pairs in wanted.items():
         per_expert = [gate_rows(vectors[p], vectors[n] if n is not None else None) for p, n in pairs]
@@ -186,14 +200,14 @@ def finalize_moe(plan: MoEPlan, folder: Path, shards, digest: str, base_tokenize
     return files
 
 
-def moe_fingerprint(plan: MoEPlan, rows: dict[str, torch.Tensor], max_shard_size: int) -> str:
-    """A partial folder is resumed only for the same inputs, tensors, parts and router rows."""
+def moe_fingerprint(plan: MoEPlan, max_shard_size: int, device: str) -> str:
+    """A partial folder is resumed only for the same inputs, tensors and parts, and the same router recipe
+    (prompts, gate mode, seed, device class): the rows are a function of those."""
     parts = SimpleNamespace(method=plan.method, models=plan.models, tensors=plan.items)
     h = hashlib.sha256(plan_fingerprint(parts, max_shard_size).encode())
-    h.update(f"\n{plan.family.id}\n".encode())
+    h.update(f"\n{plan.family.id}\n{'cuda' if device.startswith('cuda') else 'cpu'}\n".encode())
+    h.update(json.dumps(recipe_document(plan.spec), sort_keys=True, default=str).encode())
+    h.update(f"\nseed {plan.spec.hubmerge.seed}\n".encode())
     for t in plan.tensors:
         h.update(f"{t.name}:{t.dtype}:{t.shape}:{len(t.parts)}\n".encode())
-    for group in sorted(rows):
-        h.update(group.encode())
-        h.update(rows[group].contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

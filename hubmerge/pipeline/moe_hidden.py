@@ -12,6 +12,7 @@ input shapes only. Then, layer after layer, the real layer gets its weights and 
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,7 +50,7 @@ class _Recorder(torch.nn.Module):
 
 def layer_inputs_per_batch(base: ModelSource, batches: list[dict[str, torch.Tensor]], *, prefix: str,
                            num_layers: int, device: torch.device, average: bool,
-                           show_progress: bool = True) -> list[torch.Tensor]:
+                           show_progress: bool = True, stop: threading.Event | None = None) -> list[torch.Tensor]:
     """For each batch (``input_ids`` and ``attention_mask``): [layers, hidden] in bfloat16, the input of every
     layer (layer 0's is the embeddings) reduced as ``layer_state`` does, then averaged over the prompts."""
     from transformers import AutoModelForCausalLM
@@ -87,7 +88,9 @@ def layer_inputs_per_batch(base: ModelSource, batches: list[dict[str, torch.Tens
     wanted = [i for i in range(num_layers - 1)]
     with ThreadPoolExecutor(1, thread_name_prefix="hubmerge-layer-read") as pool:
         upcoming = pool.submit(_read_layer, base, prefix, 0) if wanted else None
-        for i in tqdm(wanted, desc="Routing: hidden states", unit="layer", disable=not show_progress):
+        for i in tqdm(wanted, desc="Routing: hidden states", unit="layer", disable=not show_progress, leave=False):
+            if stop is not None and stop.is_set():
+                raise MergeError("computing the router rows was stopped")
             weights = upcoming.result()
             upcoming = pool.submit(_read_layer, base, prefix, i + 1) if i + 1 in wanted else None
             layer = real[i]

@@ -7,6 +7,7 @@ embeddings), an expert's MLP tensor (noise and residual scale applied), a layer'
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -15,12 +16,19 @@ from hubmerge.merge.methods.registry import MergeMethod
 from hubmerge.merge.moe.gates import noise_and_scale
 
 
-def bind_parts(rows: dict[str, torch.Tensor]) -> MergeMethod:
-    """The MoE part function over ``rows`` ({"router" | "shared router": [layers, experts, hidden]})."""
+def bind_parts(rows: dict[str, torch.Tensor] | Future) -> MergeMethod:
+    """The MoE part function over ``rows`` ({"router" | "shared router": [layers, experts, hidden]}), or over a
+    future of them still being computed: router parts (planned last) wait for it, and every part fails as
+    soon as computing them has failed."""
+
+    def router_rows() -> dict[str, torch.Tensor]:
+        return rows.result() if isinstance(rows, Future) else rows
 
     def moe_part(base: Any, others: list[torch.Tensor], *, op: str, generator: torch.Generator, **kwargs: Any):
+        if isinstance(rows, Future) and rows.done():
+            router_rows()  # raises what computing the rows raised, without streaming the rest first
         if op == "router":
-            return rows[kwargs["group"]][kwargs["layer"]]
+            return router_rows()[kwargs["group"]][kwargs["layer"]]
         if op == "zeros":
             return torch.zeros(kwargs["shape"], dtype=torch.float32)
         if op == "copy":
@@ -31,5 +39,6 @@ def bind_parts(rows: dict[str, torch.Tensor]) -> MergeMethod:
         raise ValueError(f"unknown MoE part {op!r}")
 
     # random: every part gets a generator seeded from (hubmerge.seed, tensor, part), used only for noise.
-    return MergeMethod(name="moe", func=moe_part, random=True, summary="mixture of experts (mergekit-moe)",
-                       paper="https://goddard.blog/posts/clown-moe/")
+    # compute_bound: the executor then leaves torch's threads as they are, for the router rows computed beside it.
+    return MergeMethod(name="moe", func=moe_part, random=True, compute_bound=True,
+                       summary="mixture of experts (mergekit-moe)", paper="https://goddard.blog/posts/clown-moe/")

@@ -200,6 +200,9 @@ class MoEPlanner:
         self.gate_dtype = "BF16" if self.spec.gate_mode.startswith("hidden") else "F32"
         expected = _meta_state_shapes(config if family.native else self.base_cfg)
         self._plan_tensors(expected)
+        # The routers last: their rows may still be being computed while everything else streams.
+        self.tensors = [t for t in self.tensors if "router" not in t.role] + \
+            [t for t in self.tensors if "router" in t.role]
         tk = self.spec.tokenizer
         donor = self.base if tk is None or not isinstance(tk.source, ModelRef) else self.index(tk.source)
         return MoEPlan(self.spec, family, self.models, self.tensors, self.num_layers, config, self.base,
