@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hubmerge.errors import SpecError
 from hubmerge.spec.model import MergeSpec, ModelRef
+from hubmerge.spec.moe import is_moe_spec
 from hubmerge.spec.parse import read_spec_text, spec_from_dict
 from hubmerge.spec.pin import map_model_refs
 from hubmerge.spec.yamlio import load_yaml_documents
@@ -56,7 +57,7 @@ def parse_stages(text: str, *, source: str = "spec") -> list[Stage]:
             if exc.source is not None:  # it names its document already
                 raise
             raise SpecError(f"{where}: {exc.message}", hint=exc.hint) from None
-        if not isinstance(spec, MergeSpec):
+        if not isinstance(spec, MergeSpec) and not is_moe_spec(spec):  # an MoE may be the final stage
             raise SpecError(f"{where}: an {spec.tool} recipe cannot be a stage of a multi-stage merge",
                             hint="run it on its own file, then name its output folder as a model")
         if spec.name is None:  # as in mergekit-multi, the one unnamed document is the final merge

@@ -254,3 +254,19 @@ def test_hidden_states_stream_each_layer_once(models, tmp_path, monkeypatch):
     assert len(reads) == len(set(reads))
     norms = rows["router"].float().norm(dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-2)
+
+
+def test_card_of_a_recipe_and_an_moe_as_the_final_stage(models, tmp_path, capsys):
+    recipe = models / "card.yml"
+    recipe.write_text(RECIPE.format(second="e2"))
+    code, out, _ = _cli(capsys, "card", str(recipe))
+    assert code == 0 and "## Experts" in out and "content_hash: null" in out and "- moe" in out
+    stage = "name: blend\nmerge_method: linear\nmodels:\n  - model: e1\n    parameters: {weight: 0.5}\n" \
+            "  - model: e3\n    parameters: {weight: 0.5}\ndtype: bfloat16\n"
+    multi = models / "multi.yml"
+    multi.write_text(stage + "---\n" + RECIPE.format(second="e2").replace("source_model: e1", "source_model: blend"))
+    assert _cli(capsys, "merge", str(multi), "-o", str(tmp_path / "moe"), "-q")[0] == 0
+    alone = run_merge(parse_spec(stage), tmp_path / "blend", MergeOptions(base_dir=models, show_progress=False))
+    moe, blend = load_folder(tmp_path / "moe"), load_folder(alone.output)
+    assert torch.equal(moe["model.layers.1.mlp.experts.down_proj"][0], blend["model.layers.1.mlp.down_proj.weight"])
+    assert not (tmp_path / ".moe.hubmerge-stages").exists()  # the intermediate is gone

@@ -23,6 +23,7 @@ from hubmerge.merge.layout import LAYER_RE, is_output_embedding
 from hubmerge.merge.modules import analyse
 from hubmerge.merge.moe import families as fam
 from hubmerge.merge.moe.config import base_config, moe_config
+from hubmerge.merge.moe.method import bind_parts
 from hubmerge.merge.plan import TORCH_DTYPES, PlannedInput, PlannedTensor, tensor_seed
 from hubmerge.merge.tokenizer.planning import chat_template_for, vocab_rows
 from hubmerge.sources.model import ModelSource
@@ -68,7 +69,7 @@ class MoEPlan:
     gate_dtype: str  # dtype the router rows are computed in (safetensors code)
     tokenizer_source: int
     chat_template: str | None = None
-    method: Any = None  # the executor's per-part function, bound once the router rows exist
+    method: Any = None  # the executor's per-part function over the router rows (``method.bind_parts``)
     kind: str = "moe"
     tokenizer: Any = None  # the MoE keeps the base's vocabulary: no tokenizer is built
     layer_origin: list[int] = field(default_factory=list)
@@ -209,7 +210,7 @@ class MoEPlanner:
                        [self.index(e.source_model) for e in self.spec.experts],
                        [self.index(e.source_model) for e in self.spec.shared_experts], self.hidden, self.prefix,
                        self.gate_dtype, donor, chat_template_for(self.spec, self.models),
-                       layer_origin=list(range(self.num_layers)))
+                       method=bind_parts({}), layer_origin=list(range(self.num_layers)))
 
     def _out_dtype(self) -> torch.dtype | None:
         """The recipe's dtype, else the base config's (mergekit-moe's rule); None keeps each input's."""
