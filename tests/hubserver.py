@@ -20,6 +20,7 @@ import hashlib
 import html
 import itertools
 import json
+import mmap
 import re
 import secrets
 import socket
@@ -33,6 +34,7 @@ from typing import Callable
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import yaml
+from netshape import Link, LinkProfile
 
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files of 10 MB and more in LFS
 VALID_RELATIONS = ("adapter", "merge", "quantized", "finetune")
@@ -368,7 +370,7 @@ class HubServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None, *, user: str = "tester",
-                 page_size: int = 1000):
+                 page_size: int = 1000, blob_dir: str | None = None):
         self.host, self._port, self.user = host, port, user
         self.page_size = page_size  # items per page on paginated lists (commits, tree, list_models)
         self._lock = threading.RLock()  # guards repos, blobs, tokens
@@ -377,7 +379,8 @@ class HubServer:
         if token:
             self._tokens[token] = TokenInfo(user, "write")
         self._repos: dict[tuple[str, str], Repo] = {}
-        self._blobs: dict[str, bytes] = {}  # sha256 -> content
+        # sha256 -> content; with blob_dir, large blobs live in files there (benchmarks serve gigabytes)
+        self._blobs: dict[str, bytes] = _DiskBlobs(blob_dir) if blob_dir else {}
         self._git_sha1_cache: dict[str, str] = {}
         self._counter = itertools.count(1)
         self._secret = secrets.token_hex(16)  # credential embedded in LFS upload and CDN URLs
@@ -388,13 +391,15 @@ class HubServer:
         # Observability
         self._log: list[LoggedRequest] = []
         self._bytes: dict[tuple[str, str], int] = {}
+        self._answering = 0  # responses being written right now, and the most at once since clear_log()
+        self.peak_answering = 0
         self.internal_errors: list[str] = []  # tracebacks of 500s caused by bugs in this server
         self.reset_faults()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> "HubServer":
-        httpd = ThreadingHTTPServer((self.host, self._port), _Handler)
+        httpd = _HTTPServer((self.host, self._port), _Handler)
         httpd.daemon_threads = True
         httpd.block_on_close = False
         httpd.hub = self  # type: ignore[attr-defined]
@@ -459,12 +464,13 @@ class HubServer:
     # -- fault knobs (all thread-safe, cleared by reset_faults) ------------------------------------
 
     def reset_faults(self) -> None:
-        """Disarm every fault, the CDN redirect and the on_commit hook."""
+        """Disarm every fault, the CDN redirect, network shaping and the on_commit hook."""
         with self._fault_lock:
             self._faults: list[_Fault] = []
         self.redirect_mode: str | None = None  # None | "lfs" | "all": answer /resolve with a 302 to another origin
         self.redirect_host = "localhost"  # same server, different origin than 127.0.0.1
         self.on_commit: Callable[[dict], None] | None = None
+        self.link: Link | None = None  # plain loopback (see shape())
 
     def _add_fault(self, kind: str, path: str, method: str | None, times: int | None, **params) -> None:
         fault = _Fault(kind, re.compile(path), method.upper() if method else None, times, **params)
@@ -497,6 +503,11 @@ class HubServer:
         assert mode in ("lfs", "all")
         self.redirect_mode, self.redirect_host = mode, host
 
+    def shape(self, profile: LinkProfile | None) -> None:
+        """Answer like a network of that shape (latency, per-connection and aggregate caps; see netshape);
+        ``None`` goes back to plain loopback. Connections opened before keep their old pacing."""
+        self.link = Link(profile, wait=self._stopping.wait) if profile is not None else None
+
     def _take_fault(self, kind: str, method: str, path: str) -> _Fault | None:
         with self._fault_lock:
             for fault in self._faults:
@@ -523,6 +534,7 @@ class HubServer:
         with self._lock:
             self._log.clear()
             self._bytes.clear()
+            self.peak_answering = self._answering
 
     @property
     def bytes_served(self) -> dict[tuple[str, str], int]:
@@ -788,6 +800,11 @@ class HubServer:
         with self._lock:
             self._log.append(entry)
             self._count_file_bytes(entry.file, entry.bytes_sent)
+        if handler.pacer is not None:
+            handler.pacer.link.round_trip()  # the request's round trip, before the first byte of the answer
+        with self._lock:
+            self._answering += 1
+            self.peak_answering = max(self.peak_answering, self._answering)
         try:
             handler.write_response(response, head=req.method == "HEAD", drop_after=drop.after_bytes if drop else None)
         except OSError:  # the client went away (e.g. it timed out during a stall): nothing counts as served
@@ -795,6 +812,9 @@ class HubServer:
                 self._count_file_bytes(entry.file, -entry.bytes_sent)
                 entry.bytes_sent = 0
             raise
+        finally:
+            with self._lock:
+                self._answering -= 1
 
     def _count_file_bytes(self, file: tuple[str, str] | None, nbytes: int) -> None:
         if file is not None and nbytes:
@@ -1519,6 +1539,10 @@ class _Handler(BaseHTTPRequestHandler):
         hub: HubServer = self.server.hub  # type: ignore[attr-defined]
         with hub._lock:
             hub._connections.add(self.connection)
+        link = hub.link
+        self.pacer = link.connection() if link is not None else None
+        if link is not None:
+            link.round_trip()  # a new connection costs one more round trip (the TCP handshake)
 
     def finish(self) -> None:
         hub: HubServer = self.server.hub  # type: ignore[attr-defined]
@@ -1552,6 +1576,8 @@ class _Handler(BaseHTTPRequestHandler):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
+        if length and self.pacer is not None:
+            return self.pacer.read(self.rfile.read, length)
         return self.rfile.read(length) if length else b""
 
     def write_response(self, response: Response, *, head: bool, drop_after: int | None) -> None:
@@ -1567,7 +1593,11 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return
         body = memoryview(response.body)
-        self.wfile.write(body if drop_after is None else body[:drop_after])
+        body = body if drop_after is None else body[:drop_after]
+        if self.pacer is not None:
+            self.pacer.write(self.wfile.write, body)
+        else:
+            self.wfile.write(body)
         if drop_after is not None:
             self.wfile.flush()
             self.close_connection = True
@@ -1575,3 +1605,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # Many clients open a dozen connections at once; the default backlog of 5 makes the rest wait for
+    # a SYN retry (a second or more), which a shaped benchmark would mistake for the network.
+    request_queue_size = 128
+
+
+class _DiskBlobs(dict):
+    """The blob store kept in files: blobs of 1 MB and more are written to ``folder`` and served from a
+    read-only mapping, so a benchmark's gigabytes of models do not sit in the server's memory."""
+
+    THRESHOLD = 1 << 20
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def setdefault(self, key: str, value: bytes):  # type: ignore[override]
+        if key in self:
+            return self[key]
+        if len(value) >= self.THRESHOLD:
+            path = f"{self.folder}/{key}"
+            with open(path, "wb") as f:
+                f.write(value)
+            with open(path, "rb") as f:
+                value = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return super().setdefault(key, value)
