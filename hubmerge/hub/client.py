@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import requests
+import requests.adapters
 
 from hubmerge.errors import HubError, SourceError
 from hubmerge.hub.errors import hub_errors
 from hubmerge.sources.hub_model import default_endpoint
+from hubmerge.sources.link import MAX_IN_FLIGHT
 from hubmerge.spec.model import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,11 @@ class Hub:
         self.download = download
         self.retry_backoff = retry_backoff  # first wait of ranged-read retries (doubles each time)
         self.session = requests.Session()
+        # Range reads run on up to MAX_IN_FLIGHT connections at once (sources.remote); the default pool of
+        # 10 would close and reopen the others on every request, a round trip each.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=MAX_IN_FLIGHT)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.resolved: dict[ModelRef, str] = {}
 
     @cached_property

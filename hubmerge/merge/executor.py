@@ -32,6 +32,7 @@ DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
 # A compute-bound method spends seconds on a large tensor that takes milliseconds to read: reading far ahead
 # buys nothing there, and what is read ahead sits in memory through the method's own peak.
 COMPUTE_BOUND_PREFETCH_BYTES = 32 * 1024 * 1024
+REMOTE_READ_THREADS = 16
 
 
 def pick_device(name: str) -> torch.device:
@@ -113,13 +114,16 @@ class StreamingExecutor:
     """Reads ahead (bounded by bytes), merges in order, hands results to ``sink`` on a writer thread."""
 
     def __init__(self, plan: MergePlan, *, device: str = "cpu", prefetch_bytes: int | None = None,
-                 read_threads: int = 4, show_progress: bool = True, math_threads: int | None = None):
+                 read_threads: int | None = None, show_progress: bool = True, math_threads: int | None = None):
         self.plan = plan
         self.device = pick_device(device)
         if prefetch_bytes is None:
             prefetch_bytes = COMPUTE_BOUND_PREFETCH_BYTES if plan.method.compute_bound else DEFAULT_PREFETCH_BYTES
         self.prefetch_bytes = prefetch_bytes
-        self.read_threads = read_threads
+        # Local reads are page faults and memory copies: a few threads keep the disk busy. A Hub read waits
+        # a round trip and then a capped stream, so more reads are kept going (the byte budget still bounds
+        # them, and the range fetcher decides how many requests actually go out at once).
+        self.read_threads = read_threads or (REMOTE_READ_THREADS if any(m.is_hub for m in plan.models) else 4)
         self.show_progress = show_progress
         # Compute-bound methods (selection, sampling) get torch's threads on every core: a DARE merge on 2
         # cores is 25% faster with both. The others are elementwise and share the cores with reading, writing

@@ -3,6 +3,12 @@
 Only the bytes of the tensors a merge needs cross the network: headers are read with two exact ranges,
 neighbouring tensors are fetched in one request, a reply must be 206 with the Content-Range asked for,
 and a transfer that breaks resumes where it stopped.
+
+A real link caps each connection (a CDN's per-stream limit) well below what the machine can take, and
+every request pays a round trip before its first byte. So a large range is fetched as several pieces on
+parallel connections, each piece big enough to amortise its round trip, and the number of requests in
+flight across the process (``LINK``) is found by measurement: it grows while more requests bring more
+throughput and settles where they stop doing so (see ``LinkConcurrency``).
 """
 
 from __future__ import annotations
@@ -11,14 +17,18 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Callable
+from urllib.parse import urlsplit
 
 import requests
 import torch
 import urllib3
 
 from hubmerge.errors import HubError, SourceError
+from hubmerge.sources.link import LINK, MAX_IN_FLIGHT, LinkConcurrency
 from hubmerge.sources.readers import tensor_from_bytes
 from hubmerge.sources.safetensors_format import SafetensorsHeader, TensorInfo, header_length, parse_header
 
@@ -26,8 +36,11 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_GAP = 4096  # bytes of unneeded data we accept between two tensors fetched in one request
-MAX_WINDOW = 64 * 1024 * 1024
+# Neighbours share one request up to this size; a larger tensor is a window of its own, fetched in
+# parallel pieces. Small, so that a window's buffer (alive until its last tensor is merged) costs little.
+MAX_WINDOW = 16 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_PIECES = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="hubmerge-range")
 
 
 @dataclass
@@ -44,26 +57,69 @@ class RangeFetcher:
     bytes_received: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    link: LinkConcurrency = field(default_factory=lambda: LINK)
+    # Where each file URL redirected to (the Hub sends LFS files to its CDN): later ranges go there
+    # directly, a round trip less each. A target that stops answering is forgotten and re-resolved.
+    _targets: dict[str, str] = field(default_factory=dict)
+
     def fetch(self, url: str, start: int, end: int, *, what: str) -> bytearray:
-        """Bytes [start, end) of ``url``."""
+        """Bytes [start, end) of ``url``: one request, or pieces on parallel connections for a large range."""
         out = bytearray(end - start)
+        view = memoryview(out)
+        piece = self.link.piece_size()
+        if len(out) < 2 * piece:
+            self._fetch_into(url, start, view, what=what)
+            return out
+        bounds = list(range(0, len(out), piece))
+        if len(out) - bounds[-1] < piece // 2:
+            bounds.pop()  # no tiny last piece: the one before takes it
+        spans = list(zip(bounds, bounds[1:] + [len(out)]))
+        futures = [_PIECES.submit(self._fetch_into, url, start + a, view[a:b], what=what) for a, b in spans]
+        done, _ = wait_for(futures, return_when=FIRST_EXCEPTION)
+        if any(f.exception() is not None for f in done):
+            for f in futures:
+                f.cancel()
+            wait_for(futures)  # no piece may still write into the buffer once we raise
+        for f in futures:
+            f.result()  # the first failure, if any
+        return out
+
+    def _fetch_into(self, url: str, start: int, out: memoryview, *, what: str) -> None:
+        """Fill ``out`` with the bytes of ``url`` from ``start``, retrying and resuming where a transfer broke."""
+        with self.link.slot():
+            began = time.monotonic()
+            first_byte = self._fetch_range(url, start, out, what=what) - began
+            self.link.record(len(out), first_byte, time.monotonic() - began)
+
+    def _fetch_range(self, url: str, start: int, out: memoryview, *, what: str) -> float:
+        """The loop behind ``_fetch_into``; returns when the last successful response's headers arrived."""
+        end = start + len(out)
         got = 0
         attempt = 0
+        answered = time.monotonic()
         while got < len(out):
             first = start + got
+            target = self._targets.get(url)
             try:
-                resp = self.session.get(url, headers={**self.headers, "Range": f"bytes={first}-{end - 1}",
-                                                      "Accept-Encoding": "identity"},
-                                        stream=True, timeout=self.timeout, allow_redirects=True)
+                resp = self.session.get(target or url, headers={
+                    **(self.headers if target is None else self._headers_for(target, url)),
+                    "Range": f"bytes={first}-{end - 1}", "Accept-Encoding": "identity"},
+                    stream=True, timeout=self.timeout, allow_redirects=True)
             except requests.RequestException as exc:
                 attempt = self._retry_or_raise(attempt, f"{what}: {type(exc).__name__}", None)
                 continue
             try:
+                if target is not None and resp.status_code in (401, 403, 404, 410):
+                    self._targets.pop(url, None)  # a signed CDN URL expired: ask the Hub again
+                    continue
+                if target is None and resp.history and resp.status_code == 206:
+                    self._targets[url] = resp.url
                 if resp.status_code in RETRY_STATUSES:
                     attempt = self._retry_or_raise(attempt, f"{what}: HTTP {resp.status_code}", resp)
                     continue
                 self._check_status(resp, what)
                 self._check_content_range(resp, first, end - 1, what)
+                answered = time.monotonic()
                 try:
                     # raw.read hands over what arrived before a connection broke, so a retry resumes
                     # exactly there (iter_content would drop the partial chunk).
@@ -84,7 +140,13 @@ class RangeFetcher:
                     attempt = self._retry_or_raise(attempt, f"{what}: short read", None)
             finally:
                 resp.close()
-        return out
+        return answered
+
+    def _headers_for(self, target: str, url: str) -> dict[str, str]:
+        """The token goes to the Hub's own origin only, never to the CDN a file redirected to."""
+        if urlsplit(target).netloc == urlsplit(url).netloc:
+            return self.headers
+        return {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
 
     def _retry_or_raise(self, attempt: int, why: str, resp: requests.Response | None) -> int:
         if attempt >= self.retries:
@@ -190,15 +252,25 @@ class RemoteReader:
             if window.data is None:
                 window.data = self.fetcher.fetch(self.urls[info.file], window.start, window.end,
                                                  what=f"{self.display}/{info.file} ('{info.name}')")
-            chunk = bytearray(window.data[info.start - window.start:info.end - window.start])
+            data = window.data
             window.members.discard(info.name)
             if not window.members:
-                window.data = None  # every member handed out: free the buffer
-        buf = torch.frombuffer(chunk, dtype=torch.uint8) if chunk else torch.empty(0, dtype=torch.uint8)
-        return tensor_from_bytes(buf, info)
+                window.data = None  # every member handed out: the buffer lives on in their views only
+        return _member(data, info.start - window.start, info)
 
     def close(self) -> None:
         self._windows.clear()
+
+
+def _member(data: bytearray, offset: int, info: TensorInfo) -> torch.Tensor:
+    """One tensor of a window's buffer: a view (no copy), so the buffer goes when its last tensor does.
+    The view has the tensor's own dtype, so the read pool never mistakes it for a buffer of its own."""
+    if info.numel == 0:
+        return torch.empty(info.shape, dtype=info.torch_dtype)
+    if offset % info.torch_dtype.itemsize:
+        buf = torch.frombuffer(bytearray(data[offset:offset + info.nbytes]), dtype=torch.uint8)
+        return tensor_from_bytes(buf, info)  # misaligned in the file: copied out instead
+    return torch.frombuffer(data, dtype=info.torch_dtype, count=info.numel, offset=offset).view(info.shape)
 
 
 def check_size(info_size: int | None, display: str) -> int:
