@@ -19,6 +19,7 @@ import requests.adapters
 
 from hubmerge.errors import HubError, SourceError
 from hubmerge.hub.errors import hub_errors
+from hubmerge.hub.uploads import ShardHandoff
 from hubmerge.sources.hub_model import default_endpoint
 from hubmerge.sources.link import MAX_IN_FLIGHT
 from hubmerge.spec.model import ModelRef
@@ -237,19 +238,35 @@ class Hub:
 
 
 class ShardUploader:
-    """A merge's ``on_shard`` callback: each finished shard is uploaded at once and deleted locally, so the
-    disk holds only the shard being written; ``uploaded`` then goes into the commit."""
+    """A merge's ``on_shard`` callback: each finished shard is uploaded and deleted locally, on a thread of
+    its own so the upload overlaps the merge of the next shard (``hub.uploads.ShardHandoff``: at most two
+    shards on disk, the first upload error stops the merge). Use it as a context manager around the merge
+    and call ``wait`` before committing ``uploaded``."""
 
-    def __init__(self, hub: Hub, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
-                 where: str | None = None):
+    def __init__(self, hub: Hub, repo_id: str, *, staging: Path, revision: str | None = None,
+                 create_pr: bool = False, where: str | None = None):
         self.hub, self.repo_id, self.revision, self.create_pr, self.where = hub, repo_id, revision, create_pr, where
         self.uploaded: list = []
+        self._handoff = ShardHandoff(self._upload, staging)
 
     def __call__(self, path: Path) -> None:
+        self._handoff.submit(path)
+
+    def _upload(self, path: Path) -> None:
         op = self.hub.preupload(self.repo_id, path, revision=self.revision, create_pr=self.create_pr,
                                 where=self.where)
         path.unlink()
         self.uploaded.append(op)
+
+    def wait(self) -> None:
+        """Every shard handed over is uploaded; raises the first upload error."""
+        self._handoff.finish()
+
+    def __enter__(self) -> "ShardUploader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handoff.close()  # never leave an upload running behind a failed merge
 
     def sha256(self) -> dict[str, str]:
         """Name -> hex SHA-256 of every uploaded shard."""

@@ -135,11 +135,13 @@ def push_part(spec: MergeSpec, part: str, number: int, *, hub: Hub, repo_id: str
             and set(recorded["shards"]) == {s.filename for s in mine}):
         logger.info("part %d/%d is already in pull request #%d; nothing to do", i, n, number)
         return False
-    uploader = ShardUploader(hub, repo_id, revision=state.revision, where=f"{repo_id}#{number}")
-    with tempfile.TemporaryDirectory(prefix="hubmerge-part-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hubmerge-part-") as tmp, ShardUploader(
+            hub, repo_id, staging=Path(tmp) / "uploading", revision=state.revision,
+            where=f"{repo_id}#{number}") as uploader:
         result = run_merge(pinned, Path(tmp) / "out", MergeOptions(
             device=device, max_shard_size=max_shard, base_dir=base_dir, show_progress=show_progress,
             on_shard=uploader, only_shards={s.filename for s in mine}), hub=hub)
+        uploader.wait()
         oids = uploader.sha256()
         manifest = {"part": f"{i}/{n}", "fingerprint": fingerprint,
                     "shards": {s.filename: oids[s.filename] for s in mine},

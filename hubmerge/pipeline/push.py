@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,22 +69,26 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
     parent = head
     old_readme = hub.readme(repo_id, parent)
     old_files = {f.path for f in hub.list_files(repo_id, parent)} if parent else set()
-    # With a gate, the shards stay in the folder until it passes; the commit uploads them.
-    uploader = ShardUploader(hub, repo_id, create_pr=create_pr) if gate is None else None
-
     with tempfile.TemporaryDirectory(prefix="hubmerge-push-", dir=workdir) as tmp:
         out = Path(tmp) / "out"
-        if is_tool_spec(spec):  # an extract_lora / tokensurgeon recipe
-            run = ToolRun(device=device, base_dir=base_dir, show_progress=show_progress, allow_pickle=allow_pickle,
-                          max_shard_size=max_shard_size, on_shard=uploader, title=repo_id.split("/")[-1],
-                          repo_id=repo_id, existing_card=old_readme)
-            result = run_tool(spec, out, run, hub=hub)
-        else:
-            options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
-                                   show_progress=show_progress, on_shard=uploader, allow_pickle=allow_pickle)
-            result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
-                plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device,
-                repo_id=repo_id, hub=hub))
+        # Each shard uploads while the next one is merged. With a gate, the shards stay in the folder until
+        # it passes; the commit uploads them.
+        uploader = (ShardUploader(hub, repo_id, staging=Path(tmp) / "uploading", create_pr=create_pr)
+                    if gate is None else None)
+        with uploader or nullcontext():
+            if is_tool_spec(spec):  # an extract_lora / tokensurgeon recipe
+                run = ToolRun(device=device, base_dir=base_dir, show_progress=show_progress,
+                              allow_pickle=allow_pickle, max_shard_size=max_shard_size, on_shard=uploader,
+                              title=repo_id.split("/")[-1], repo_id=repo_id, existing_card=old_readme)
+                result = run_tool(spec, out, run, hub=hub)
+            else:
+                options = MergeOptions(device=device, max_shard_size=max_shard_size, base_dir=base_dir,
+                                       show_progress=show_progress, on_shard=uploader, allow_pickle=allow_pickle)
+                result = run_merge(spec, out, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
+                    plan, digest, folder, title=repo_id.split("/")[-1], existing=old_readme, device=device,
+                    repo_id=repo_id, hub=hub))
+            if uploader is not None:
+                uploader.wait()
 
         if decorate is not None:
             decorate(out)
