@@ -25,6 +25,8 @@ from pathlib import Path
 PRESETS = {
     # TinyLlama-1.1B: hidden 2048, 22 layers, intermediate 5632, vocab 32000, 32 heads / 4 kv heads
     "1.1b": dict(vocab=32000, hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4),
+    # SmolLM-135M: hidden 576, 30 layers, intermediate 1536, vocab 49152, 9 heads / 3 kv heads, tied embeddings
+    "135m": dict(vocab=49152, hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, tie_embeddings=True),
     "small": dict(vocab=8000, hidden=512, intermediate=1408, layers=8, heads=8, kv_heads=2),
     "tiny": dict(vocab=256, hidden=128, intermediate=256, layers=4, heads=4, kv_heads=2),
 }
@@ -49,6 +51,12 @@ _MEASURE = ("import resource,subprocess,sys,time,json;t=time.perf_counter();"
             "w=time.perf_counter()-t;"
             "print(json.dumps({'rc':r.returncode,'wall':w,'rss':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024,"
             "'err':r.stderr.decode()[-2000:]}))")
+
+
+def import_baseline() -> int:
+    """Peak RSS of an interpreter that only imports torch: what both tools pay before any work, so the
+    table can split each peak into this baseline and the working set above it."""
+    return measure([sys.executable, "-c", "import torch"], Path.cwd())["rss"]
 
 
 def measure(cmd: list[str], cwd: Path) -> dict:
@@ -111,11 +119,14 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
-def table_row(r: dict) -> str:
+def table_row(r: dict, baseline: int) -> str:
     hm_s, mk_s = r.get("hubmerge_s"), r.get("mergekit_s")
     hm_rss, mk_rss = r.get("hubmerge_rss"), r.get("mergekit_rss")
+    hm_ws = hm_rss - baseline if hm_rss is not None else None
+    mk_ws = mk_rss - baseline if mk_rss is not None else None
     cells = [r["method"], _fmt_s(hm_s), _fmt_s(mk_s), _ratio(hm_s, mk_s), _fmt_gib(hm_rss), _fmt_gib(mk_rss),
-             _ratio(hm_rss, mk_rss), _fmt_s(r["bound_s"]), _ratio(hm_s, r["bound_s"])]
+             _ratio(hm_rss, mk_rss), _fmt_gib(hm_ws), _fmt_gib(mk_ws), _ratio(hm_ws, mk_ws), _fmt_s(r["bound_s"]),
+             _ratio(hm_s, r["bound_s"])]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -175,11 +186,14 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    baseline = import_baseline()
     print()
-    print("| method | hubmerge wall | mergekit wall | wall ratio | hubmerge peak RSS | mergekit peak RSS | RSS ratio | I/O bound | hubmerge / bound |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"import baseline (python -c 'import torch'): {_fmt_gib(baseline)} peak RSS; working set = peak - baseline")
+    print("| method | hubmerge wall | mergekit wall | wall ratio | hubmerge peak RSS | mergekit peak RSS | RSS ratio "
+          "| hubmerge working set | mergekit working set | working-set ratio | I/O bound | hubmerge / bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(table_row(r))
+        print(table_row(r, baseline))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from hubmerge.errors import HubmergeError, MergeError
 from hubmerge.merge.methods._chunks import spread_spans
 from hubmerge.merge.methods.registry import ReleasableInputs
-from hubmerge.merge.plan import MergePlan, PlannedTensor
-from hubmerge.sources.readers import POOL
+from hubmerge.merge.plan import MergePlan, PlannedInput, PlannedTensor
+from hubmerge.sources.readers import POOL, row_block
 from hubmerge.sources.safetensors_format import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,14 @@ DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
 # A compute-bound method spends seconds on a large tensor that takes milliseconds to read: reading far ahead
 # buys nothing there, and what is read ahead sits in memory through the method's own peak.
 COMPUTE_BOUND_PREFETCH_BYTES = 32 * 1024 * 1024
+# Otherwise the read-ahead follows the jobs: a few of the largest one's inputs in flight keep the reads ahead
+# of the math, and more only sits in memory. A Hub read waits a round trip per request, so it keeps more.
+READ_AHEAD_JOBS = 3
+MIN_PREFETCH_BYTES = 32 * 1024 * 1024
+MIN_REMOTE_PREFETCH_BYTES = 96 * 1024 * 1024
+# Row-wise methods merge a tensor whose largest input exceeds this a block of rows at a time: a block's
+# inputs and result are in memory, not the whole tensor's (a 150 MB embedding would otherwise hold 600 MB).
+ROW_BLOCK_BYTES = 8 * 1024 * 1024
 REMOTE_READ_THREADS = 16
 
 
@@ -117,13 +125,14 @@ class StreamingExecutor:
                  read_threads: int | None = None, show_progress: bool = True, math_threads: int | None = None):
         self.plan = plan
         self.device = pick_device(device)
-        if prefetch_bytes is None:
-            prefetch_bytes = COMPUTE_BOUND_PREFETCH_BYTES if plan.method.compute_bound else DEFAULT_PREFETCH_BYTES
-        self.prefetch_bytes = prefetch_bytes
+        self.remote = any(m.is_hub for m in plan.models)
+        if prefetch_bytes is None and plan.method.compute_bound:
+            prefetch_bytes = COMPUTE_BOUND_PREFETCH_BYTES
+        self.prefetch_bytes = prefetch_bytes  # None: sized from the jobs once they are known (``read_ahead``)
         # Local reads are page faults and memory copies: a few threads keep the disk busy. A Hub read waits
         # a round trip and then a capped stream, so more reads are kept going (the byte budget still bounds
         # them, and the range fetcher decides how many requests actually go out at once).
-        self.read_threads = read_threads or (REMOTE_READ_THREADS if any(m.is_hub for m in plan.models) else 4)
+        self.read_threads = read_threads or (REMOTE_READ_THREADS if self.remote else 4)
         self.show_progress = show_progress
         # Compute-bound methods (selection, sampling) get torch's threads on every core: a DARE merge on 2
         # cores is 25% faster with both. The others are elementwise and share the cores with reading, writing
@@ -141,13 +150,51 @@ class StreamingExecutor:
         loaded = _Loaded(base, [models[i.model].reader.read(i.info) for i in item.others])
         return aligned(item, loaded) if item.vocab is not None else loaded
 
-    def run(self, items: list[PlannedTensor], sink: Callable[[str, torch.Tensor], None]) -> None:
+    def row_blocks(self, item: PlannedTensor) -> list[PlannedTensor] | None:
+        """``item`` as blocks of rows, when its method is row-wise, its inputs are large and every input's
+        reader can read a block of rows; ``None`` to merge it whole."""
+        if not self.plan.method.rowwise or item.vocab is not None or len(item.shape) < 1 or item.shape[0] < 2:
+            return None
+        largest = max((i.info.nbytes for i in item.inputs), default=0)
+        if largest <= ROW_BLOCK_BYTES or any(i.info.shape[:1] != item.shape[:1] for i in item.inputs):
+            return None
+        if not all(getattr(self.plan.models[i.model].reader, "row_blocks", False) for i in item.inputs):
+            return None
+        n = item.shape[0]
+        step = max(1, ROW_BLOCK_BYTES * n // largest)
+
+        def block(p: PlannedInput | None, first: int, stop: int) -> PlannedInput | None:
+            return None if p is None else PlannedInput(p.model, row_block(p.info, first, stop))
+
+        return [replace(item, shape=(min(n, a + step) - a,) + tuple(item.shape[1:]),
+                        base=block(item.base, a, min(n, a + step)),
+                        others=tuple(block(o, a, min(n, a + step)) for o in item.others))
+                for a in range(0, n, step)]
+
+    def read_ahead(self, jobs: list[tuple[PlannedTensor, bool]]) -> int:
+        """Bytes of inputs read ahead of the math: the explicit budget, or a few of the largest job's."""
+        if self.prefetch_bytes is not None:
+            return self.prefetch_bytes
+        largest = max(sum(i.info.nbytes for i in job.inputs) for job, _ in jobs)
+        floor = MIN_REMOTE_PREFETCH_BYTES if self.remote else MIN_PREFETCH_BYTES
+        return min(DEFAULT_PREFETCH_BYTES, max(floor, READ_AHEAD_JOBS * largest))
+
+    def run(self, items: list[PlannedTensor], sink: Callable[[str, torch.Tensor], None],
+            part_sink: Callable[[str, torch.Tensor], None] | None = None) -> None:
+        """Merge ``items`` in order, handing each result to ``sink(name, tensor)`` on the writer thread. With
+        ``part_sink``, a row-wise method's large tensors are merged and handed over a block of rows at a time
+        (``part_sink(name, rows)``, in order)."""
         if not items:
             return
+        jobs: list[tuple[PlannedTensor, bool]] = []
+        for item in items:
+            blocks = self.row_blocks(item) if part_sink is not None else None
+            jobs += [(b, True) for b in blocks] if blocks else [(item, False)]
         for index, model in enumerate(self.plan.models):
             expect = getattr(model.reader, "expect", None)
             if expect is not None:  # lets remote readers coalesce neighbouring tensors into one request
-                expect([i.info for item in items for i in item.inputs if i.model == index])
+                expect([i.info for job, part in jobs if not part for i in job.inputs if i.model == index])
+        budget = self.read_ahead(jobs)
         bar = tqdm(total=sum(i.nbytes for i in items), unit="B", unit_scale=True, desc="Merging",
                    disable=not self.show_progress)
         saved_threads = torch.get_num_threads()
@@ -161,11 +208,11 @@ class StreamingExecutor:
                 job = out_q.get()
                 if job is None:
                     return
-                name, tensor = job
+                name, tensor, part = job
                 if writer_error:
                     continue  # drain so the producer never blocks
                 try:
-                    sink(name, tensor)
+                    (part_sink if part else sink)(name, tensor)
                     bar.update(tensor.numel() * tensor.element_size())
                 except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
                     writer_error.append(exc)
@@ -173,21 +220,22 @@ class StreamingExecutor:
 
         wthread = threading.Thread(target=writer, name="hubmerge-writer", daemon=True)
         wthread.start()
-        pending: deque[tuple[PlannedTensor, Future]] = deque()
+        pending: deque[tuple[PlannedTensor, bool, Future]] = deque()
         inflight = 0
         next_index = 0
         try:
             with ThreadPoolExecutor(self.read_threads, thread_name_prefix="hubmerge-read") as pool:
-                while next_index < len(items) or pending:
-                    # Keep reads in flight up to the byte budget (always at least the next tensor).
-                    while next_index < len(items):
-                        size = sum(i.info.nbytes for i in items[next_index].inputs)
-                        if pending and inflight + size > self.prefetch_bytes:
+                while next_index < len(jobs) or pending:
+                    # Keep reads in flight up to the byte budget (always at least the next job).
+                    while next_index < len(jobs):
+                        job, part = jobs[next_index]
+                        size = sum(i.info.nbytes for i in job.inputs)
+                        if pending and inflight + size > budget:
                             break
-                        pending.append((items[next_index], pool.submit(self._read, items[next_index])))
+                        pending.append((job, part, pool.submit(self._read, job)))
                         inflight += size
                         next_index += 1
-                    item, future = pending.popleft()
+                    item, part, future = pending.popleft()
                     loaded = future.result()
                     inflight -= sum(i.info.nbytes for i in item.inputs)
                     with spread_spans(self.span_workers):
@@ -196,10 +244,10 @@ class StreamingExecutor:
                     del loaded
                     if stop.is_set():
                         break
-                    out_q.put((item.name, result))
+                    out_q.put((item.name, result, part))
                     del result
                 if stop.is_set():
-                    for _, f in pending:
+                    for _, _, f in pending:
                         f.cancel()
         finally:
             out_q.put(None)

@@ -91,7 +91,7 @@ def stream_to_folder(plan, items: list[PlannedTensor], shards, target: Path, opt
         executor = StreamingExecutor(plan, device=options.device, show_progress=options.show_progress,
                                      **({"prefetch_bytes": options.prefetch_bytes} if options.prefetch_bytes else {}))
         try:
-            executor.run(todo, writer.write_part if in_parts else writer.write)
+            executor.run(todo, writer.write_part if in_parts else writer.write, writer.write_part)
         finally:
             writer.abort()
         digest = content_hash({k: bytes.fromhex(v) for k, v in progress.digests.items()})

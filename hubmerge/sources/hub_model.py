@@ -64,6 +64,10 @@ class PerFileReader:
         self.readers = readers
         self.fetcher = fetcher  # the ranged-read client behind the remote files (tests tune its retries)
 
+    @property
+    def row_blocks(self) -> bool:
+        return all(getattr(r, "row_blocks", False) for r in self.readers.values())
+
     def expect(self, infos: list[TensorInfo]) -> None:
         by_reader: dict[int, list[TensorInfo]] = {}
         for info in infos:

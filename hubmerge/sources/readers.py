@@ -20,6 +20,11 @@ from hubmerge.sources.safetensors_format import TensorInfo
 
 
 class TensorReader(Protocol):
+    """``read`` returns the tensor ``info`` describes. A reader whose ``row_blocks`` is true reads any byte
+    range of a file given a ``TensorInfo`` for it (``row_block``), so the executor may read a large tensor
+    a block of rows at a time; readers that transform what they read (LoRA folding, MoE assembly, pickles)
+    leave it false."""
+
     def read(self, info: TensorInfo) -> torch.Tensor: ...
 
     def close(self) -> None: ...
@@ -56,6 +61,13 @@ class BufferPool:
 
 
 POOL = BufferPool()
+
+
+def row_block(info: TensorInfo, first: int, stop: int) -> TensorInfo:
+    """The rows ``[first, stop)`` of a tensor as a tensor of their own (same file, a sub-range of its bytes)."""
+    row = info.nbytes // info.shape[0]
+    return TensorInfo(f"{info.name}[{first}:{stop}]", info.file, info.dtype, (stop - first,) + tuple(info.shape[1:]),
+                      info.start + first * row, info.start + stop * row)
 
 
 def tensor_from_bytes(buf: torch.Tensor, info: TensorInfo) -> torch.Tensor:
@@ -101,6 +113,8 @@ class LocalFileReader:
     the resident set counts only the tensors in flight. Where mapping is not possible (another OS, data not
     aligned to its element size) the bytes are read with ``pread`` into a pooled buffer instead.
     """
+
+    row_blocks = True
 
     def __init__(self, root: Path):
         self.root = Path(root)

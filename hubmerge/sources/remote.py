@@ -222,6 +222,8 @@ class RemoteReader:
     """A TensorReader over HTTP. Given the order reads will come in (``expect``), it coalesces
     neighbouring tensors of a file into one request and hands each tensor out once."""
 
+    row_blocks = True  # a block of rows not announced by ``expect`` is fetched on its own
+
     def __init__(self, fetcher: RangeFetcher, urls: dict[str, str], display: str):
         self.fetcher = fetcher
         self.urls = urls  # file -> URL pinned to a commit SHA

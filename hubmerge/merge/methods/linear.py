@@ -69,6 +69,7 @@ register(
         ),
         base="ignored",
         min_inputs=1,
+        rowwise=True,
         summary="Weighted average of the inputs.",
         paper="https://arxiv.org/abs/2203.05482",
     )

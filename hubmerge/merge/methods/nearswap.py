@@ -30,6 +30,7 @@ register(
         base="required",
         min_inputs=2,
         max_inputs=2,
+        rowwise=True,
         summary="Swap in the other model's parameters where they are close to the base's.",
         paper="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
     )

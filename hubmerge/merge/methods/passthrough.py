@@ -30,6 +30,7 @@ register(
         base="ignored",
         min_inputs=1,
         max_inputs=1,
+        rowwise=True,
         summary="Copy the single input tensor, optionally scaled (frankenmerges, layer stacking).",
         paper="https://arxiv.org/abs/2312.15166",
     )

@@ -56,6 +56,9 @@ class MergeMethod:
     # Its math costs far more than reading and writing the tensor (sorting, sampling, iterating): the executor
     # gives it every core. Otherwise one core is left to the reads, writes and hashing that run beside it.
     compute_bound: bool = False
+    # Row i of the output depends on row i of the inputs only (elementwise math with per-tensor scalars):
+    # the executor may merge a large tensor a block of rows at a time, bit for bit the same.
+    rowwise: bool = False
     summary: str = ""
     paper: str = ""  # URL
     # Extra validation of resolved scalar parameters, before any tensor is read: raises ValueError.

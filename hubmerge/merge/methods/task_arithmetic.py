@@ -333,6 +333,7 @@ def _register(func, summary, paper, *, normalize, rescale, extra=(), random=Fals
             min_inputs=1,
             random=random,
             compute_bound=func is not task_arithmetic,  # selection or sampling on top of the sums
+            rowwise=func is task_arithmetic,  # the others select or sample over the whole tensor
             summary=summary,
             paper=paper,
             check=check,
