@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from helpers import load_folder
-from moe_models import build, config_of, fused_copy, load_check
+from moe_checkpoint_models import build, config_of, fused_copy, load_check
 
 from hubmerge.pipeline.run import MergeOptions, run_merge
 from hubmerge.sources.open import open_model
