@@ -5,6 +5,10 @@ track it (``sync``) or ask GitHub to (``repository_dispatch``).
 - New SHAs come from ``updatedRefs[].newSha`` (huggingface_hub's ``WebhookPayload.repo.head_sha`` is always
   empty for real payloads); pull-request refs and repos no target tracks are ignored.
 - Bursts are debounced: a target is synced once, ``debounce`` seconds after the last event for it.
+- The server faces the internet: the secret is checked from the headers before the body is read, the body
+  is bounded (``MAX_BODY``, a Content-Length required) and type-checked (400 otherwise), every read has a
+  timeout and every connection a deadline, and a bounded worker pool behind a deep listen backlog answers
+  bursts of hundreds of requests without resets.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
+import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Callable
 
 import requests
@@ -23,7 +31,15 @@ from hubmerge.errors import HubmergeError
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = 1024 * 1024  # Hub payloads are a few KB
+MAX_REFS = 1000  # updatedRefs entries looked at
+WORKERS = 16  # requests handled at once
+QUEUED = 256  # accepted connections waiting for a worker (past that the listen backlog holds them)
+LISTEN_BACKLOG = 1024
+READ_TIMEOUT = 10.0  # seconds a read may wait for the client
+CONNECTION_DEADLINE = 30.0  # seconds a connection may stay open in all
+LINGER_SECONDS = 1.0  # after a response, how long what the client still sends is read and dropped
+_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass
@@ -33,17 +49,38 @@ class Event:
     new_sha: str
 
 
+def _field(obj: dict, key: str, kind: type, where: str):
+    value = obj.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise PayloadError(f"{where}{key}: expected {'an object' if kind is dict else 'a list' if kind is list else 'a string'}")
+    return value
+
+
 def parse_events(payload: dict) -> list[Event]:
-    """Commits to branches of a model repo; everything else (PR refs, deletions, discussions) is dropped."""
-    event = payload.get("event") or {}
-    repo = payload.get("repo") or {}
-    if not str(event.get("scope", "")).startswith("repo.content") or repo.get("type", "model") != "model":
-        return []
+    """Commits to branches of a model repo; everything else (PR refs, deletions, discussions) is dropped.
+    A payload whose fields have the wrong types raises ``PayloadError``."""
+    if not isinstance(payload, dict):
+        raise PayloadError("the payload is not a JSON object")
+    event = _field(payload, "event", dict, "")
+    repo = _field(payload, "repo", dict, "")
+    scope, kind = _field(event, "scope", str, "event."), _field(repo, "type", str, "repo.") or "model"
+    name = _field(repo, "name", str, "repo.")
+    refs = _field(payload, "updatedRefs", list, "")
+    if len(refs) > MAX_REFS:
+        raise PayloadError(f"updatedRefs: more than {MAX_REFS} entries")
     out = []
-    for ref in payload.get("updatedRefs") or []:
-        name, sha = ref.get("ref") or "", ref.get("newSha")
-        if name.startswith("refs/heads/") and sha:
-            out.append(Event(repo.get("name", ""), name[len("refs/heads/"):], sha))
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            raise PayloadError(f"updatedRefs[{i}]: expected an object")
+        ref_name, sha = _field(ref, "ref", str, f"updatedRefs[{i}]."), _field(ref, "newSha", str, f"updatedRefs[{i}].")
+        if sha and not _SHA.fullmatch(sha):
+            raise PayloadError(f"updatedRefs[{i}].newSha: not a commit SHA")
+        if ref_name.startswith("refs/heads/") and sha:
+            out.append(Event(name, ref_name[len("refs/heads/"):], sha))
+    if not scope.startswith("repo.content") or kind != "model":
+        return []
     return out
 
 
@@ -119,43 +156,205 @@ class WebhookReceiver:
             self._fire(target)
 
 
-def make_server(receiver: WebhookReceiver, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+class PayloadError(HubmergeError):
+    """A webhook body that is not a Hub webhook payload (answered with 400)."""
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class WebhookServer(HTTPServer):
+    """An HTTP server for untrusted clients: a bounded pool of worker threads, a deep listen backlog, a socket
+    timeout for every read and a deadline for every connection, so slow or hostile clients are dropped and a
+    burst of hundreds of requests is queued (by the kernel, past ``queued`` accepted ones), not reset."""
+
+    request_queue_size = LISTEN_BACKLOG
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, *, workers: int = WORKERS, queued: int = QUEUED,
+                 timeout: float = READ_TIMEOUT, deadline: float = CONNECTION_DEADLINE):
+        self.read_timeout, self.deadline = timeout, deadline
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="webhook")
+        self._slots = threading.BoundedSemaphore(workers + queued)
+        self._open: dict[socket.socket, float] = {}
+        self._open_lock = threading.Lock()
+        self._closing = threading.Event()
+        super().__init__(address, handler)
+        self._reaper = threading.Thread(target=self._reap, name="webhook-reaper", daemon=True)
+        self._reaper.start()
+
+    def process_request(self, request, client_address):
+        # Runs on the accepting thread: when every slot is taken, stop accepting; the backlog holds the rest.
+        self._slots.acquire()
+        try:
+            self._pool.submit(self._work, request, client_address)
+        except RuntimeError:  # the pool is shut down
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def _work(self, request, client_address):
+        with self._open_lock:
+            self._open[request] = time.monotonic() + self.deadline
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def _reap(self):
+        """Cut connections past their deadline (a client trickling bytes never hits the read timeout)."""
+        while not self._closing.wait(0.25):
+            now = time.monotonic()
+            with self._open_lock:
+                late = [s for s, deadline in self._open.items() if deadline < now]
+                for s in late:
+                    self._open.pop(s, None)
+            for s in late:
+                logger.debug("webhook: dropping a connection open longer than %.0f s", self.deadline)
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def shutdown_request(self, request):
+        """A lingering close: send FIN, then read (and drop) what the client still sends, briefly, so that a
+        client refused before its body was read gets the response instead of a reset."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(LINGER_SECONDS)
+            end, drained = time.monotonic() + LINGER_SECONDS, 0
+            while drained < MAX_BODY and time.monotonic() < end:
+                chunk = request.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+        self.close_request(request)
+
+    def handle_error(self, request, client_address):  # no traceback on stderr for a client's misbehaviour
+        logger.debug("webhook: connection from %s failed", client_address[0], exc_info=True)
+
+    def server_close(self):
+        self._closing.set()
+        super().server_close()
+        with self._open_lock:
+            open_now = list(self._open)
+        for s in open_now:  # let the workers finish now, not at their deadline
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_server(receiver: WebhookReceiver, host: str = "127.0.0.1", port: int = 8765, *,
+                workers: int = WORKERS, timeout: float = READ_TIMEOUT,
+                deadline: float = CONNECTION_DEADLINE) -> WebhookServer:
+    """The receiver behind an HTTP server: the secret is checked from the headers before any body byte is
+    read; the body must have a Content-Length (411 without one, 400 if it is not a number, 413 past
+    ``MAX_BODY``) and arrive within the connection deadline; a body that is not a webhook payload gets 400.
+    Every connection is closed after its response."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            self.connection.settimeout(self.server.read_timeout)
 
         def log_message(self, fmt, *args):  # quiet; never log headers (the secret is one)
             logger.debug("webhook %s", fmt % args)
 
         def _reply(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
+            self.close_connection = True
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self):  # noqa: N802 - http.server naming
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._reply(413, {"error": "payload too large"})
-                return
-            body = self.rfile.read(length) if length else b""
+        def _authorize(self) -> bool:
             status = receiver.authorize(self.headers.get("X-Webhook-Secret"))
             if status != 200:
                 self._reply(status, {"error": "missing X-Webhook-Secret" if status == 401 else "wrong secret"})
+                return False
+            return True
+
+        def handle_expect_100(self):  # no "100 Continue" for a client that will be refused anyway
+            if not self._authorize():
+                return False
+            try:
+                self._content_length()
+            except _Refused as exc:
+                self._reply(exc.status, {"error": exc.message})
+                return False
+            return super().handle_expect_100()
+
+        def _content_length(self) -> int:
+            if self.headers.get("Transfer-Encoding"):
+                raise _Refused(411, "send the body with a Content-Length (no Transfer-Encoding)")
+            values = self.headers.get_all("Content-Length") or []
+            if not values:
+                raise _Refused(411, "a Content-Length header is required")
+            text = values[0].strip()
+            if len(set(values)) > 1 or not text.isascii() or not text.isdigit():
+                raise _Refused(400, "Content-Length is not a number")
+            if len(text) > 12 or int(text) > MAX_BODY:
+                raise _Refused(413, f"payload too large (the limit is {MAX_BODY} bytes)")
+            return int(text)
+
+        def _body(self, length: int) -> bytes:
+            chunks, left = [], length
+            while left:
+                chunk = self.rfile.read1(min(left, 65536))
+                if not chunk:
+                    raise _Refused(400, "the body ended before Content-Length bytes")
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+
+        def do_POST(self):  # noqa: N802 - http.server naming
+            if not self._authorize():
                 return
             try:
-                payload = json.loads(body or b"{}")
-            except ValueError:
-                self._reply(400, {"error": "body is not JSON"})
+                body = self._body(self._content_length())
+                payload = _load_payload(body)
+                scheduled = receiver.handle(payload)
+            except _Refused as exc:
+                self._reply(exc.status, {"error": exc.message})
                 return
-            scheduled = receiver.handle(payload if isinstance(payload, dict) else {})
+            except PayloadError as exc:
+                self._reply(400, {"error": exc.message})
+                return
+            except OSError:  # timed out or cut by the deadline: nobody to answer
+                self.close_connection = True
+                return
             self._reply(202, {"scheduled": scheduled})
 
         def do_GET(self):  # noqa: N802
             self._reply(200, {"ok": True})
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return WebhookServer((host, port), Handler, workers=workers, timeout=timeout, deadline=deadline)
+
+
+def _load_payload(body: bytes) -> dict:
+    try:
+        payload = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        raise PayloadError("the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("the payload is not a JSON object")
+    return payload
 
 
 def github_dispatch(repository: str, token: str, *, api_url: str = "https://api.github.com",
