@@ -35,6 +35,7 @@ from hubmerge.sources.model import (
     on_hub,
     parse_json_file,
 )
+from hubmerge.sources.peft_patterns import PatternError, compile_key, new_budget, pattern_key
 from hubmerge.sources.readers import POOL, TensorReader
 from hubmerge.sources.safetensors_format import DTYPES, TensorInfo
 from hubmerge.spec.model import ModelRef
@@ -57,6 +58,8 @@ UNSUPPORTED_SWITCHES = {
     "use_qalora": "QA-LoRA (use_qalora) pools its inputs",
 }
 
+MAX_PATTERN_KEYS = 100_000  # rank_pattern / alpha_pattern entries (extract_lora writes one per module)
+
 _LINEAR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 _EMBEDDING_KEY = re.compile(r"^(?P<module>.+)\.lora_embedding_(?P<which>[AB])(?:\.[^.]+)?$")
 
@@ -72,21 +75,19 @@ class AdapterConfig:
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     base_model: str | None = None  # base_model_name_or_path: the model it was trained on (for hints)
+    where: str = ADAPTER_CONFIG  # the file, for errors
+    _budget: list[int] = field(default_factory=new_budget, compare=False, repr=False)
 
     def rank_and_scaling(self, module: str) -> tuple[int, float]:
-        """(r, scaling) of one module (its name inside the model, e.g. ``model.layers.0.self_attn.q_proj``)."""
-        r = self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r)
-        alpha = self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.lora_alpha)
+        """(r, scaling) of one module (its name inside the model, e.g. ``model.layers.0.self_attn.q_proj``).
+        The pattern keys are matched as PEFT matches them (peft_patterns), in bounded time."""
+        try:
+            r = self.rank_pattern.get(pattern_key(self.rank_pattern, module, self._budget), self.r)
+            alpha = self.alpha_pattern.get(pattern_key(self.alpha_pattern, module, self._budget), self.lora_alpha)
+        except PatternError as exc:
+            raise SourceError(f"{self.where}: rank_pattern/alpha_pattern: {exc}",
+                              hint="use plain module names or simple patterns as keys") from None
         return r, (alpha / math.sqrt(r) if self.use_rslora else alpha / r)
-
-
-def _pattern_key(patterns: dict[str, Any], module: str) -> str:
-    """The first pattern that matches the end of the module name at a dot boundary (PEFT's rule);
-    the module name itself when none does."""
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key
-    return module
 
 
 def parse_adapter_config(doc: Any, display: str) -> AdapterConfig:
@@ -111,19 +112,26 @@ def parse_adapter_config(doc: Any, display: str) -> AdapterConfig:
                        ("alpha_pattern", _is_number)):
         value = doc.get(key) or {}
         if not isinstance(value, dict) or not all(isinstance(k, str) and check(v) for k, v in value.items()):
-            raise SourceError(f"{where}: '{key}' must map module patterns to numbers, found {value!r}")
+            raise SourceError(f"{where}: '{key}' must map module patterns to numbers, found {_short(value)}")
+        if len(value) > MAX_PATTERN_KEYS:
+            raise SourceError(f"{where}: {key} has more than {MAX_PATTERN_KEYS} entries")
         for pattern in value:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise SourceError(f"{where}: {key} pattern {pattern!r} is not a valid regular expression "
-                                  f"({exc})") from None
+                compile_key(pattern)
+            except PatternError as exc:
+                raise SourceError(f"{where}: {key} key {_short(pattern)}: {exc}",
+                                  hint="PEFT matches these keys as regular expressions against module names") from None
         patterns[key] = value
     base = doc.get("base_model_name_or_path")
     return AdapterConfig(int(r), float(alpha), bool(doc.get("use_rslora")), bool(doc.get("fan_in_fan_out")),
                          {k: int(v) for k, v in patterns["rank_pattern"].items()},
                          {k: float(v) for k, v in patterns["alpha_pattern"].items()},
-                         base if isinstance(base, str) else None)
+                         base if isinstance(base, str) else None, where)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _is_number(value: Any) -> bool:
