@@ -53,7 +53,8 @@ class HubError(HubmergeError):
 
     ``kind`` says which, for code to act on (never the wording of the message): one of the constants below.
     For ``NOT_FOUND``, ``missing`` says what is missing: "repo", "revision" or "file". ``reason`` is the
-    message without the leading "<what was asked>: ", for short displays."""
+    message without the leading "<what was asked>: ", for short displays; ``subject`` what was asked (a repo
+    id or model reference) where the raiser knows it."""
 
     NOT_FOUND = "not_found"  # the repo, revision or file does not exist (or is private without access)
     GATED = "gated"  # the repo needs its terms accepted
@@ -64,8 +65,9 @@ class HubError(HubmergeError):
     OTHER = "other"
 
     def __init__(self, message: str, *, hint: str | None = None, kind: str = OTHER, missing: str | None = None,
-                 reason: str | None = None):
+                 reason: str | None = None, subject: str | None = None):
         super().__init__(message, hint=hint)
         self.kind = kind
         self.missing = missing
         self.reason = reason if reason is not None else message
+        self.subject = subject

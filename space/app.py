@@ -48,7 +48,7 @@ def _token(oauth: gr.OAuthToken | None) -> str | None:
 def _fail(exc: BaseException, token: str | None) -> gr.Error:
     """A message the user can act on, never the token; unexpected errors are logged by type only."""
     if isinstance(exc, HubmergeError):
-        return gr.Error(sh.redact(str(exc), token), print_exception=False)
+        return gr.Error(sh.redact(sh.space_text(exc), token), print_exception=False)
     logger.error("unexpected %s: %s", type(exc).__name__, sh.redact(str(exc), token))
     return gr.Error(f"unexpected error ({type(exc).__name__}): {sh.redact(str(exc), token)}", print_exception=False)
 

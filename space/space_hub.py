@@ -49,6 +49,30 @@ def make_hub(token: str | None) -> Hub:
     return Hub(endpoint=default_endpoint(), token=token or False, use_cache=False)
 
 
+# The Space reads Hub models only and acts with the signed-in user's OAuth token: hints about local folders
+# or the HF_TOKEN environment variable (the CLI's) do not apply here.
+SPACE_HINTS = {
+    (HubError.NOT_FOUND, "repo"): "check the repo id on the Hub; a private model can be merged only when you "
+                                  "are signed in with an account that can read it",
+    (HubError.GATED, None): "accept the model's terms on its Hub page with the account you signed in with",
+    (HubError.AUTH, None): "sign in with Hugging Face again (the Space acts with your sign-in, no token to set)",
+}
+
+
+def space_text(exc: HubmergeError, what: object = None) -> str:
+    """An error as the Space says it: a missing, gated or forbidden repo named with the Hub's reason and a
+    hint for a signed-in Space user (the CLI's hints name local folders and HF_TOKEN)."""
+    if isinstance(exc, HubError):
+        what = what if what is not None else exc.subject
+        hint = SPACE_HINTS.get((exc.kind, exc.missing)) or SPACE_HINTS.get((exc.kind, None))
+        if hint is not None:
+            label = "not found on the Hub" if exc.kind == HubError.NOT_FOUND else "cannot be read"
+            head = f"{what}: {label}" if what is not None else label.capitalize()
+            return f"{head} ({exc.reason or exc.message})\n  hint: {hint}"
+    text = str(exc)
+    return f"{what}: {text}" if what is not None else text
+
+
 def redact(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
@@ -164,7 +188,7 @@ def validate(text: str, *, token: str | None = None, repo_name: str = "") -> Val
             try:
                 sources[ref] = open_model(ref, hub=hub)
             except HubmergeError as exc:
-                problems.append(f"{ref}: {exc}")
+                problems.append(space_text(exc, ref))
         if len(sources) == len(spec.referenced_models()):  # plan only when every parent could be opened
             try:
                 plan = _plan(spec, sources)

@@ -24,16 +24,19 @@ def cmd_sync(args) -> int:
     from hubmerge.hub.watch import render_table
     from hubmerge.pipeline.sync import sync
 
+    def show(report):  # before the re-merge: the table says what is about to be done, not what was
+        print(render_table(report), flush=True)
+
     report, result = sync(hub_of(args), args.target, create_pr=args.create_pr, device=args.device,
-                          show_progress=not args.quiet)
+                          show_progress=not args.quiet, on_report=show)
     ci_outputs.after_sync(report, result, endpoint=args.endpoint)  # $GITHUB_OUTPUT / $GITHUB_STEP_SUMMARY
-    print(render_table(report))
     if result is None:
         print(f"{args.target} is up to date; nothing to do")
     elif not result.changed:
         print(f"{args.target}: the re-merge gave identical weights; no commit made")
     else:
-        print(f"re-merged {args.target}: {result.pr_url or result.commit_url}")
+        moved = ", ".join(f"{s.source} {s.recorded[:12]} -> {s.current[:12]}" for s in report.sources if s.changed)
+        print(f"re-merged {args.target} ({moved}) and pushed: {result.pr_url or result.commit_url}")
     return 0
 
 

@@ -97,7 +97,7 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         same_weights = old_block.get("content_hash") == result.content_hash
         same_recipe = old_block.get("recipe") == new_block.get("recipe")
         if parent is not None and same_weights and same_recipe:
-            logger.info("%s is up to date (content hash %s); nothing to commit", repo_id, result.content_hash)
+            logger.debug("%s is up to date (content hash %s); nothing to commit", repo_id, result.content_hash)
             return PushResult(repo_id, False, parent, None, None, result.content_hash, result)
 
         if gate is not None:
@@ -111,7 +111,7 @@ def push(spec: MergeSpec, *, hub: Hub, repo_id: str | None = None, private: bool
         info = hub.commit(repo_id, uploaded=uploaded, add=files,
                           delete=stale_weight_files(old_files, {op.path_in_repo for op in uploaded} | set(files)),
                           message=title, description=description, parent=parent, create_pr=create_pr)
-    logger.info("pushed %s: %s", repo_id, info.pr_url or info.commit_url)
+    logger.debug("pushed %s: %s", repo_id, info.pr_url or info.commit_url)  # the CLI prints it
     return PushResult(repo_id, True, info.oid, info.commit_url, info.pr_url, result.content_hash, result)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from hubmerge.hub.client import Hub
 from hubmerge.hub.watch import CheckReport, check
@@ -15,11 +16,15 @@ logger = logging.getLogger(__name__)
 
 
 def sync(hub: Hub, target: str, *, create_pr: bool = False, device: str = "cpu",
-         show_progress: bool = True) -> tuple[CheckReport, PushResult | None]:
-    """Re-merge and push if a tracked source moved; otherwise do nothing."""
+         show_progress: bool = True,
+         on_report: Callable[[CheckReport], None] | None = None) -> tuple[CheckReport, PushResult | None]:
+    """Re-merge and push if a tracked source moved; otherwise do nothing. ``on_report`` is called with the
+    check's report before anything is merged or pushed (the CLI prints it then, not after the push)."""
     report = check(hub, target)
+    if on_report is not None:
+        on_report(report)
     if not report.stale:
-        logger.info("%s is up to date with its sources", target)
+        logger.debug("%s is up to date with its sources", target)
         return report, None
     new_shas = {s.source: s.current for s in report.sources if s.changed}
     recipe = map_model_refs(report.recipe, lambda ref: ModelRef(ref.path, new_shas[ref.path], ref.lora)

@@ -234,7 +234,8 @@ def on_hub(ref: ModelRef, hub: Any, open_remote: Callable[[], Any]) -> Any:
         except HubError as exc:
             # Say both halves: people mistype local paths far more often than repo ids.
             raise HubError(f"model not found: {ref}: no local folder at {local}, and on the Hub: {exc.message}",
-                           hint=exc.hint, kind=exc.kind, missing=exc.missing, reason=exc.reason) from None
+                           hint=exc.hint, kind=exc.kind, missing=exc.missing, reason=exc.reason,
+                           subject=str(ref)) from None
     windows = _windows_path(ref.path)
     if windows is not None:
         name = windows.name if windows.anchor else windows.as_posix()

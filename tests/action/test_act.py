@@ -158,6 +158,7 @@ def stand_in_python(tmp_path):
 if [ "$1" = "-m" ] && [ "$2" = "hubmerge.cli" ]; then
   shift 2
   printf '%s\\0' "$@" > "$FAKE_ARGV_FILE"
+  if [ -n "$FAKE_ERROR" ]; then printf 'progress 10%%\\rerror: %s\\n  hint: a hint\\n' "$FAKE_ERROR" >&2; fi
   {{ if [ "$HF_TOKEN" = "$HUB_TEST_TOKEN" ]; then echo token=passed; else echo token=missing; fi
      echo "oidc=$HF_OIDC_RESOURCE"; }} > "$FAKE_ENV_FILE"
   exit "${{FAKE_RC:-0}}"
@@ -218,4 +219,22 @@ def test_inputs_become_arguments(case, run_act, stand_in_python, tmp_path, hub_t
         assert read_pairs(files["outputs"]) == {"stale": stale, "python": str(stand_in_python)}
     assert not list(tmp_path.glob("outputs.txt.pwned*"))
     assert not [e for e in run.events if e.get("command") == "warning"], "an input started a workflow command"
+    _assert_token_hidden(run, hub_token)
+
+
+def test_cli_error_becomes_an_annotation(run_act, stand_in_python, tmp_path, hub_token):
+    """A failing CLI's `error:` line (after a progress bar's carriage return) is annotated, % kept, and the
+    job fails with the CLI's exit code; the hint stays in the log."""
+    message = "merge.yml: models[0].parameters.weight: must be finite (50% of 'x::y')"
+    files = {name: tmp_path / name for name in ("argv", "env", "outputs")}
+    run = run_act("workflow_dispatch", workflow="tests/action/workflows/wiring.yml",
+                  inputs={"python": str(stand_in_python)},
+                  env={"FAKE_RC": "2", "FAKE_ERROR": message, "FAKE_ARGV_FILE": str(files["argv"]),
+                       "FAKE_ENV_FILE": str(files["env"]), "RESULT_FILE": str(files["outputs"]),
+                       "HUB_TEST_TOKEN": hub_token})
+    assert not run.succeeded
+    errors = [e for e in run.events if e.get("command") == "error"]
+    assert len(errors) == 1, run.tail()
+    assert errors[0]["arg"] == message.replace("::", ": :"), errors
+    assert "a hint" in run.messages()
     _assert_token_hidden(run, hub_token)

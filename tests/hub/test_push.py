@@ -229,3 +229,18 @@ def test_token_never_printed_or_committed(hub, upstream, repo_id_factory, tmp_pa
     assert all(hub_token not in json.dumps(c) for c in hub.list_commits(target))
     bad = run_cli("push", str(spec), "--debug", env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_bad_secret_xyz_0000000000000"})
     assert bad.returncode == 2 and "hf_bad_secret_xyz" not in bad.stdout + bad.stderr
+
+
+def test_push_says_pushed_once(hub, upstream, repo_id_factory, tmp_path):
+    target = repo_id_factory()
+    spec = tmp_path / "spec.yml"
+    spec.write_text(TIES_SPEC.format(**upstream) + f"hubmerge:\n  target: {target}\n")
+    proc = run_cli("push", str(spec), env={"HF_ENDPOINT": hub.url})
+    assert proc.returncode == 0, proc.stderr
+    said = (proc.stdout + proc.stderr).splitlines()
+    pushed = [line for line in said if "pushed " in line]
+    assert len(pushed) == 1 and pushed[0].startswith(f"pushed {target}: ")
+    assert hub.list_commits(target)[0]["id"] in pushed[0]
+    again = run_cli("push", str(spec), env={"HF_ENDPOINT": hub.url})
+    assert again.returncode == 0, again.stderr
+    assert len([x for x in (again.stdout + again.stderr).splitlines() if "up to date" in x]) == 1

@@ -247,3 +247,25 @@ def test_webhook_dispatch_mode_sends_repository_dispatch(hub, merged, local_fami
         out, err = proc.communicate(timeout=10)
         github.shutdown()
     assert "whsec-123456" not in out + err and "ghp_dummy" not in out + err
+
+
+def test_sync_prints_the_stale_table_before_pushing(hub, merged, local_family):
+    """The table says what is about to be re-merged: it is on stdout while the commit is still held back."""
+    target, ups = merged
+    before = len(hub.list_commits(target))
+    new = _new_upstream_commit(hub, ups["chat"], local_family)
+    hub.stall(5.0, times=1, path=r"/commit/")
+    proc = subprocess.Popen([sys.executable, "-m", "hubmerge.cli", "sync", target, "-q"],
+                            env={**os.environ, "HF_ENDPOINT": hub.url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"{target} @ ") and "STALE" in first
+        assert len(hub.list_commits(target)) == before  # nothing pushed yet when the table is shown
+        rest, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"re-merged {target} ({ups['chat']} ") and new[:12] in last and "pushed:" in last
+    assert len(hub.list_commits(target)) == before + 1

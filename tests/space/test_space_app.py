@@ -179,6 +179,9 @@ def test_validate_lists_every_problem(hub, parents, anonymous_client, tmp_path):
     report = anonymous_client.predict(bad, "", api_name="/validate")
     assert "2 problems" in report
     assert "up/does-not-exist" in report and "up/missing-too" in report
+    # Space users have no local folders and no HF_TOKEN to set: the hint is about signing in
+    assert "not found on the Hub" in report and "signed in" in report
+    assert "local folder" not in report and "HF_TOKEN" not in report
     assert "sign in with Hugging Face to merge" in report
 
     # The Space reads Hub models only, never its own disk.
