@@ -231,6 +231,19 @@ def _tool_parsers(sub) -> None:
         add(p, "device", "overwrite", "allow_pickle", *HUB, *COMMON)
 
 
+MAX_ERROR_LINE = 400  # characters; a 50 MB bad value must not be echoed whole
+
+
+def error_text(text: str) -> str:
+    """An error for the terminal: each line cut to ``MAX_ERROR_LINE`` characters, control characters shown
+    escaped (a crafted name must not rewrite the terminal)."""
+    lines = []
+    for line in text.splitlines() or [""]:
+        line = "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in line[:MAX_ERROR_LINE * 2])
+        lines.append(line if len(line) <= MAX_ERROR_LINE else line[:MAX_ERROR_LINE] + " [...]")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
@@ -246,7 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     except HubmergeError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the user named cannot be used: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {error_text(where + (exc.strerror or type(exc).__name__))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import resource
 import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -106,3 +111,99 @@ def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str, str]],
         elif m := re.fullmatch(r'\s+click (\w+) href "(.*?)" _blank', line):
             clicks[m.group(1)] = m.group(2)
     return nodes, edges, clicks
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: run the CLI bounded, check it refused cleanly and touched nothing it must not.
+
+HOSTILE_TIMEOUT = 60  # s; the judged bound is 10 s, this only stops a hang from stalling the suite
+HOSTILE_ADDRESS_SPACE = 3 << 30  # RLIMIT_AS for the child: torch needs ~2 GB of address space to import
+
+
+@dataclass
+class Outcome:
+    """What one bounded CLI run did: exit status, output, its own peak RSS and wall time."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_rss: int  # bytes, of the child itself (wait4), not of earlier children
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def _limit_child(address_space: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return apply
+
+
+def run_bounded(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = HOSTILE_TIMEOUT,
+                address_space: int = HOSTILE_ADDRESS_SPACE, stdin: bytes | None = None) -> Outcome:
+    """``python -m hubmerge.cli ARGS`` with an address-space limit and a timeout (killed past it)."""
+    full_env = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "hubmerge.cli", *args], cwd=cwd, env=full_env,
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                preexec_fn=_limit_child(address_space))
+        if stdin is not None:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        timed_out, usage, status = False, None, 0
+        while usage is None:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                usage = rusage
+            elif time.monotonic() - start > timeout:
+                proc.kill()
+                timed_out = True
+                _, status, usage = os.wait4(proc.pid, 0)
+            else:
+                time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - start
+        out.seek(0)
+        err.seek(0)
+        return Outcome(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                       usage.ru_maxrss * 1024, seconds, timed_out)
+
+
+def assert_refused(outcome: Outcome, *names: str, max_rss: int = 1 << 30) -> str:
+    """Exit 2, exactly one ``error:`` line (a ``hint:`` may follow) naming every one of ``names``, no traceback,
+    peak RSS under ``max_rss``. Returns the error line."""
+    assert not outcome.timed_out, f"still running after {outcome.seconds:.0f} s: {outcome.stderr[-2000:]}"
+    assert "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    assert outcome.returncode == 2, (outcome.returncode, outcome.stderr[-3000:])
+    assert len(outcome.error_lines) == 1, outcome.stderr[-3000:]
+    line = outcome.error_lines[0]
+    for name in names:
+        assert name in line, (name, line)
+    assert outcome.peak_rss < max_rss, f"peak RSS {outcome.peak_rss >> 20} MB"
+    return line
+
+
+def tree_state(*roots: Path) -> dict[str, tuple]:
+    """Every entry under ``roots`` (not following links): file bytes' digest, link target, or 'dir'; with its
+    mode and mtime, so a test can assert nothing outside the output changed."""
+    state: dict[str, tuple] = {}
+    for root in roots:
+        root = Path(root)
+        entries = [root] if root.is_symlink() or not root.is_dir() else [root, *sorted(root.rglob("*"))]
+        for p in entries:
+            if not os.path.lexists(p):
+                state[str(p)] = ("missing",)
+                continue
+            st = p.lstat()
+            if p.is_symlink():
+                state[str(p)] = ("link", os.readlink(p))
+            elif p.is_dir():
+                state[str(p)] = ("dir", st.st_mode)
+            else:
+                state[str(p)] = ("file", st.st_mode, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return state

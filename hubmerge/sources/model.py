@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,6 +13,7 @@ from hubmerge.errors import HubError, SourceError
 from hubmerge.sources.pickle_reader import PICKLE_SUFFIXES, PickleReader, pickle_headers, refuse_pickle_files
 from hubmerge.sources.readers import LocalFileReader, TensorReader
 from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse_header
+from hubmerge.spec.bounded import load_json
 from hubmerge.spec.model import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -54,12 +54,8 @@ def check_relative_file(name: str, *, context: str) -> str:
 
 
 def parse_json_file(raw: bytes, *, context: str) -> Any:
-    if len(raw) > MAX_JSON_BYTES:
-        raise SourceError(f"{context}: larger than {MAX_JSON_BYTES} bytes")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{context}: not valid JSON ({exc})") from None
+    """A small JSON file of a model (config, index, adapter config), bounded (``hubmerge.spec.bounded``)."""
+    return load_json(raw, source=context, max_bytes=MAX_JSON_BYTES)
 
 
 def weight_files_from_index(index: Any, *, context: str) -> dict[str, str]:

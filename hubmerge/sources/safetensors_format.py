@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from hubmerge.errors import SourceError
+from hubmerge.spec.bounded import load_json, shorten
 
 # Bounds on what an untrusted header may make us read or allocate.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_TENSORS = 1_000_000
 MAX_NAME_LENGTH = 1024
 MAX_DIMS = 16
+MAX_HEADER_DEPTH = 8  # {"name": {"shape": [..]}} is 3 deep; anything far deeper is crafted
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -81,12 +83,14 @@ def header_length(prefix: bytes, *, file: str, file_size: int) -> int:
     if len(prefix) < 8 or file_size < 8:
         raise SourceError(f"{file}: not a safetensors file (shorter than 8 bytes)")
     (n,) = struct.unpack("<Q", prefix[:8])
+    # The length is foreign bytes: say it is implausible, never echo it (a linked text file would show its
+    # first 8 bytes as a number).
     if n > MAX_HEADER_BYTES:
-        raise SourceError(f"{file}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit",
-                          hint="the file is corrupt or not safetensors")
+        raise SourceError(f"{file}: not a safetensors file (its header length is implausible: over the "
+                          f"{MAX_HEADER_BYTES // (1024 * 1024)} MB limit)", hint="the file is corrupt or not safetensors")
     if 8 + n > file_size:
-        raise SourceError(f"{file}: header length {n} runs past the end of the file ({file_size} bytes)",
-                          hint="the file is truncated or corrupt; download it again")
+        raise SourceError(f"{file}: its header length runs past the end of the file ({file_size} bytes)",
+                          hint="the file is truncated, corrupt or not safetensors; download it again")
     return n
 
 
@@ -97,10 +101,8 @@ def parse_header(raw: bytes, *, file: str, file_size: int, display: str | None =
     file in error messages (default: ``file``)."""
     rel, file = file, display or file
     header_size = len(raw)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{file}: the safetensors header is not valid JSON ({exc})") from None
+    doc = load_json(raw, source=f"{file}: the safetensors header", max_bytes=MAX_HEADER_BYTES,
+                    max_depth=MAX_HEADER_DEPTH, unique_keys=True)
     if not isinstance(doc, dict):
         raise SourceError(f"{file}: the safetensors header must be a JSON object")
     metadata = doc.pop("__metadata__", None) or {}
@@ -125,15 +127,15 @@ def _entry(name: str, entry: object, *, file: str, rel: str, data_start: int, da
         raise SourceError(f"{where}: header entry must be an object")
     dtype = entry.get("dtype")
     if dtype not in DTYPES:
-        raise SourceError(f"{where}: unknown dtype {dtype!r}", hint=f"supported: {', '.join(DTYPES)}")
+        raise SourceError(f"{where}: unknown dtype {shorten(repr(dtype), 40)}", hint=f"supported: {', '.join(DTYPES)}")
     shape = entry.get("shape")
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise SourceError(f"{where}: invalid shape {shape!r}")
+        raise SourceError(f"{where}: invalid shape {shorten(repr(shape), 80)}")
     offsets = entry.get("data_offsets")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise SourceError(f"{where}: invalid data_offsets {offsets!r}")
+        raise SourceError(f"{where}: invalid data_offsets {shorten(repr(offsets), 80)}")
     begin, end = offsets
     if not 0 <= begin <= end <= data_len:
         raise SourceError(f"{where}: data_offsets [{begin}, {end}] lie outside the data ({data_len} bytes)",

@@ -39,17 +39,27 @@ from hubmerge.spec.tools import (
     tool_schema,
 )
 from hubmerge.spec.validate import check_spec
-from hubmerge.spec.yamlio import load_yaml_documents
+from hubmerge.spec.yamlio import MAX_SPEC_BYTES, load_yaml_documents
 
 
 def read_spec_text(path: str | Path) -> str:
+    """A spec file's text. At most ``MAX_SPEC_BYTES`` + 1 bytes are read (``/dev/zero`` is refused at once);
+    an oversized text is returned cut, for ``load_yaml_documents`` to refuse naming the limit (or the field
+    that makes it so large)."""
     path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}")
+    if path.is_dir():
+        raise SpecError(f"{path}: is a folder, not a spec file")
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"spec file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read spec file {path}: {exc}") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        return raw.decode("utf-8", errors="strict" if len(raw) <= MAX_SPEC_BYTES else "ignore")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def load_spec(path: str | Path) -> MergeSpec:

@@ -1,4 +1,4 @@
-"""Strict YAML loading: safe loader, duplicate keys are errors, errors name the line."""
+"""Spec YAML in and out: strict bounded loading (``hubmerge.spec.bounded``), readable dumping."""
 
 from __future__ import annotations
 
@@ -6,46 +6,17 @@ from typing import Any
 
 import yaml
 
-from hubmerge.errors import SpecError
+from hubmerge.spec.bounded import MAX_YAML_BYTES
+from hubmerge.spec.bounded import load_yaml_documents as load_yaml_documents_bounded
+
+MAX_SPEC_BYTES = MAX_YAML_BYTES  # a spec file larger than this is refused before it is parsed
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (a silent last-one-wins is a classic spec bug)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            raise SpecError(f"line {key_node.start_mark.line + 1}: a mapping key must be a scalar") from None
-        if key in mapping:
-            raise SpecError(
-                f"line {key_node.start_mark.line + 1}: duplicate key {key!r}",
-                hint="each key may appear once per mapping; remove or merge the duplicate",
-            )
-        mapping[key] = loader.construct_object(value_node, deep=deep)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml_documents(text: str, *, source: str = "spec") -> list[Any]:
-    """Parse every YAML document in ``text``; empty documents are dropped."""
-    try:
-        docs = list(yaml.load_all(text, Loader=_StrictLoader))
-    except SpecError as exc:
-        raise SpecError(f"{source}: {exc.message}", hint=exc.hint) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{source}: invalid YAML{where}: {problem}", hint="check indentation and quoting") from None
-    return [d for d in docs if d is not None]
+def load_yaml_documents(text: str | bytes, *, source: str = "spec") -> list[Any]:
+    """Parse every YAML document of a spec text; empty documents are dropped. The safe loader with duplicate
+    keys refused and the spec budgets of ``hubmerge.spec.bounded`` (size, nodes with aliases expanded, depth,
+    entries per list)."""
+    return load_yaml_documents_bounded(text, source=source, max_bytes=MAX_SPEC_BYTES)
 
 
 def dump_yaml(data: Any) -> str:
