@@ -12,6 +12,7 @@ from typing import Any
 from hubmerge.evolve.estimators import Estimate
 from hubmerge.evolve.plot import render_png
 from hubmerge.evolve.search import SearchResult
+from hubmerge.spec.model import SearchChoice, SearchRange
 from hubmerge.spec.parse import spec_from_dict
 from hubmerge.spec.yamlio import dump_yaml
 
@@ -99,9 +100,7 @@ def card_markdown(result: SearchResult) -> str:
         lines.append(text)
     lines += ["", "| searched value | range | best |", "|---|---|---|"]
     for p in result.params:
-        r = p.range
-        extra = f", step {r.step:g}" if r.step else (", log" if r.log else "")
-        lines.append(f"| `{p.path}` | [{r.low:g}, {r.high:g}]{extra} | {_fmt(best.values.get(p.path))} |")
+        lines.append(f"| `{p.path}` | {_space_text(p.range)} | {_fmt(best.values.get(p.path))} |")
     lines += ["", f"![fitness over trials]({PLOT_FILE})", "",
               f"Fitness of each trial as the search scored it (dots; grey marks: failed trials) and the best so far "
               f"(line), objective {result.evaluations[0].label}. The spec with these values: "
@@ -111,6 +110,13 @@ def card_markdown(result: SearchResult) -> str:
     lines += [trials_markdown(result, CARD_TRIAL_ROWS).rstrip("\n"), "",
               f"({shown} in [{MD_FILE}]({MD_FILE}) and [{CSV_FILE}]({CSV_FILE}).)"]
     return "\n".join(lines)
+
+
+def _space_text(r: SearchRange | SearchChoice) -> str:
+    if isinstance(r, SearchChoice):
+        return "one of " + ", ".join(_fmt(o) for o in r.options)
+    extra = f", step {r.step:g}" if r.step else (", log" if r.log else "")
+    return f"[{r.low:g}, {r.high:g}]{extra}"
 
 
 def card_metadata(result: SearchResult) -> dict[str, Any]:

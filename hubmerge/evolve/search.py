@@ -26,7 +26,7 @@ from hubmerge.evolve.candidate import DEFAULT_CACHE_LIMIT, CandidateMerger
 from hubmerge.evolve.errors import EvolveError
 from hubmerge.evolve.estimators import Estimate, anchor_indices
 from hubmerge.evolve.evaluate import Evaluation, parse_directions, parse_eval
-from hubmerge.spec.model import MergeSpec
+from hubmerge.spec.model import MergeSpec, SearchChoice
 from hubmerge.spec.search import SearchParam, spec_search_ranges, substitute
 from hubmerge.spec.validate import method_for
 
@@ -106,12 +106,14 @@ def _param_types(spec: MergeSpec, params: list[SearchParam]) -> dict[str, type]:
     out = {}
     for p in params:
         param = method.param(p.parameter)
-        out[p.path] = param.type if param is not None else float
+        out[p.path] = param.type if param is not None else (str if p.parameter == "merge_method" else float)
     return out
 
 
-def _suggest(trial, p: SearchParam, kind: type) -> float | int:
+def _suggest(trial, p: SearchParam, kind: type) -> Any:
     r = p.range
+    if isinstance(r, SearchChoice):  # Optuna's categorical distribution (each option as written in the spec)
+        return trial.suggest_categorical(p.path, list(r.options))
     if kind is int:
         step = int(r.step) if r.step else 1
         return trial.suggest_int(p.path, math.ceil(r.low), math.floor(r.high), step=step, log=r.log)
@@ -204,7 +206,8 @@ STORAGE_ATTEMPTS = 5
 
 
 def _description(params, evals, directions, anchors, seed) -> dict[str, Any]:
-    return {"space": [[p.path, p.range.low, p.range.high, p.range.step, p.range.log] for p in params],
+    return {"space": [[p.path, "choice", list(p.range.options)] if isinstance(p.range, SearchChoice)
+                      else [p.path, p.range.low, p.range.high, p.range.step, p.range.log] for p in params],
             "evals": [e.spec for e in evals], "directions": directions, "anchors": anchors, "anchor_seed": seed}
 
 
@@ -264,7 +267,8 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
     params = spec_search_ranges(spec)
     if not params:
         raise EvolveError("the spec has no search ranges: nothing to search",
-                          hint="write a value as {search: [low, high]}, e.g. 'weight: {search: [0.0, 1.0]}'")
+                          hint="write a value as {search: [low, high]}, e.g. 'weight: {search: [0.0, 1.0]}', "
+                               "or {choice: [a, b]}")
     if not options.evals:
         raise EvolveError("no evaluation given", hint="pass --eval ppl:FILE.txt, jsonl:FILE.jsonl or MODULE:FUNCTION")
     if options.trials < 1:

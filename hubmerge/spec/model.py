@@ -30,9 +30,17 @@ class SearchRange:
     log: bool = False
 
 
-# A parameter setting: a scalar, a gradient (tuple of scalars), or a tuple of conditionals. Any numeric
-# scalar may be a SearchRange in a spec meant for ``hubmerge evolve``.
-Setting = Union[Scalar, SearchRange, tuple[Scalar, ...], tuple[Conditional, ...]]
+@dataclass(frozen=True)
+class SearchChoice:
+    """``{choice: [a, b, ...]}``: a value ``hubmerge evolve`` picks among the listed scalars (a categorical
+    search dimension). It may stand wherever a scalar does, and as ``merge_method`` itself."""
+
+    options: tuple[Scalar, ...]
+
+
+# A parameter setting: a scalar, a gradient (tuple of scalars), or a tuple of conditionals. Any scalar may be
+# a SearchRange (numbers) or a SearchChoice in a spec meant for ``hubmerge evolve``.
+Setting = Union[Scalar, SearchRange, SearchChoice, tuple[Scalar, ...], tuple[Conditional, ...]]
 Parameters = dict[str, Setting]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from hubmerge.spec.model import Conditional, Parameters, Scalar, SearchRange, Setting
+from hubmerge.spec.model import Conditional, Parameters, Scalar, SearchChoice, SearchRange, Setting
 
 
 class ParameterValueError(ValueError):
@@ -18,7 +18,7 @@ class ParameterValueError(ValueError):
 
 def coerce(value: Any, kind: type) -> Any:
     """Convert one scalar to the parameter's type, as mergekit's validation does (lax, but not silly)."""
-    if isinstance(value, SearchRange):
+    if isinstance(value, (SearchRange, SearchChoice)):
         raise ParameterValueError("is a search range, not a value: run 'hubmerge evolve' to find it first")
     if kind is bool:
         if isinstance(value, bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hubmerge.spec.model import (
     ModuleSpec,
     OutputSlice,
     Parameters,
+    SearchChoice,
     SearchRange,
     Setting,
     SliceSource,
@@ -26,7 +28,7 @@ from hubmerge.spec.model import (
 )
 from hubmerge.spec.moe import MoESpec, is_moe_document, parse_moe
 from hubmerge.spec.schema import validate_against_schema
-from hubmerge.spec.search import midpoint, spec_search_ranges, substitute
+from hubmerge.spec.search import _is_search, midpoint, spec_search_ranges, substitute
 from hubmerge.spec.tools import (
     DEFAULT_K,
     DEFAULT_RANK,
@@ -90,9 +92,32 @@ def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec | MoESpe
     if is_moe_document(document):  # a mergekit-moe recipe: experts instead of a merge method
         return parse_moe(document, source=source)
     validate_against_schema(document, source=source)
+    method = document["merge_method"]
+    if isinstance(method, dict):  # {choice: [...]} for hubmerge evolve: the spec must suit every method listed
+        return _method_choice(document, method, source)
     spec = _build(document)
     check_spec(spec)
     return spec
+
+
+def _method_choice(document: dict[str, Any], node: dict[str, Any], source: str) -> MergeSpec:
+    from hubmerge.spec.search import find_search_ranges
+
+    options = find_search_ranges({"merge_method": node})[0].range.options  # type: ignore[union-attr]
+    specs = []
+    for option in options:
+        if not isinstance(option, str) or not option.strip():
+            raise SpecError(f"a merge method must be a name, got {option!r}", path="merge_method.choice",
+                            source=source)
+        try:
+            spec = _build({**document, "merge_method": option})
+            check_spec(spec)
+        except SpecError as exc:
+            text = exc.message.removeprefix(f"{exc.path}: ") if exc.path else exc.message
+            raise SpecError(f"{text} (with merge_method {option}, one of the choices)", path=exc.path,
+                            hint=exc.hint, source=source) from None
+        specs.append(spec)
+    return replace(specs[0], raw=document)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,10 +220,10 @@ def _params(doc: dict[str, Any] | None) -> Parameters:
 
 
 def _setting(value: Any) -> Setting:
-    if isinstance(value, dict) and "search" not in value:
+    if isinstance(value, dict) and not _is_search(value):
         return (Conditional(_scalar_or_gradient(value["value"]), value.get("filter")),)
     if isinstance(value, list):
-        if all(isinstance(v, dict) and "search" not in v for v in value):
+        if all(isinstance(v, dict) and not _is_search(v) for v in value):
             return tuple(Conditional(_scalar_or_gradient(v["value"]), v.get("filter")) for v in value)
         return tuple(_value(v) for v in value)
     return _value(value)
@@ -209,7 +234,10 @@ def _scalar_or_gradient(value: Any) -> Any:
 
 
 def _value(value: Any) -> Any:
-    """A scalar, or a search range (``{search: [low, high], ...}``, left for ``hubmerge evolve``)."""
+    """A scalar, a search range (``{search: [low, high], ...}``) or a choice (``{choice: [...]}``), the last
+    two left for ``hubmerge evolve``."""
+    if isinstance(value, dict) and "choice" in value:
+        return SearchChoice(tuple(value["choice"]))
     if isinstance(value, dict):
         low, high = value["search"]
         return SearchRange(float(low), float(high), value.get("step"), bool(value.get("log", False)))

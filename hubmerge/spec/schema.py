@@ -80,5 +80,5 @@ def _form_hint(path: list[Any]) -> str:
         return "a model is 'org/name', 'org/name@revision', a local path, or {path: ..., revision: ...}"
     if path and len(path) >= 2 and path[-2] == "parameters":
         return ("a parameter is a number/bool/string, a list (gradient), a list of {filter: ..., value: ...}, "
-                "or, for hubmerge evolve, {search: [low, high]} with optional step or log: true")
+                "or, for hubmerge evolve, {search: [low, high]} with optional step or log: true, or {choice: [a, b, ...]}")
     return "see the spec reference in the README"

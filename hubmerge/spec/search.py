@@ -1,4 +1,5 @@
-"""Search ranges in a spec: ``weight: {search: [0.0, 1.0]}`` marks a value for ``hubmerge evolve`` to find.
+"""Search ranges in a spec: ``weight: {search: [0.0, 1.0]}`` marks a value for ``hubmerge evolve`` to find,
+``{choice: [a, b, ...]}`` one for it to pick among listed values (also as ``merge_method`` itself).
 
 The ranges are found in the spec document itself, each named by its YAML path (for example
 ``models[1].parameters.density`` or ``parameters.weight[0].value``); the search fills them in with
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from hubmerge.errors import SpecError
-from hubmerge.spec.model import MergeSpec, SearchRange
+from hubmerge.spec.model import MergeSpec, SearchChoice, SearchRange
 from hubmerge.spec.schema import yaml_path
 
 EVOLVE_HINT = "search ranges are for 'hubmerge evolve SPEC --eval ...', which writes a spec with concrete values to merge"
@@ -21,16 +22,26 @@ EVOLVE_HINT = "search ranges are for 'hubmerge evolve SPEC --eval ...', which wr
 
 @dataclass(frozen=True)
 class SearchParam:
-    """One search range of a spec: where it is, which parameter it sets, its bounds."""
+    """One search dimension of a spec: where it is, which parameter it sets, its bounds (or its choices)."""
 
     path: str  # YAML path, e.g. models[0].parameters.weight[1]
-    parameter: str  # the parameter's name (weight, density, ...)
-    range: SearchRange
+    parameter: str  # the parameter's name (weight, density, ...; merge_method for a choice of method)
+    range: SearchRange | SearchChoice
+
+    @property
+    def is_choice(self) -> bool:
+        return isinstance(self.range, SearchChoice)
+
+
+def _is_search(node: Any) -> bool:
+    return isinstance(node, dict) and ("search" in node or "choice" in node)
 
 
 def _walk(node: Any, parts: list[Any], parameter: str | None) -> Iterator[tuple[list[Any], str | None, dict]]:
     if isinstance(node, dict):
-        if "search" in node and parameter is not None:
+        if not parts and _is_search(node.get("merge_method")):
+            yield ["merge_method"], "merge_method", node["merge_method"]
+        if _is_search(node) and parameter is not None:
             yield parts, parameter, node
             return
         for key, value in node.items():
@@ -43,7 +54,26 @@ def _walk(node: Any, parts: list[Any], parameter: str | None) -> Iterator[tuple[
             yield from _walk(value, parts + [i], parameter)
 
 
-def _range(node: dict, path: str) -> SearchRange:
+def _choice(node: dict, path: str) -> SearchChoice:
+    options = node.get("choice")
+    extra = sorted(set(node) - {"choice"})
+    if extra:
+        raise SpecError(f"a choice takes only 'choice', not '{extra[0]}'", path=f"{path}.{extra[0]}")
+    if not isinstance(options, list) or not options or not all(
+            isinstance(o, (bool, int, float, str)) for o in options):
+        raise SpecError("a choice needs a list of values (numbers, strings or booleans)", path=f"{path}.choice",
+                        hint="for example {choice: [ties, dare_ties]}")
+    seen: list[Any] = []
+    for o in options:
+        if any(type(o) is type(x) and o == x for x in seen):
+            raise SpecError(f"the choice lists {o!r} twice", path=f"{path}.choice")
+        seen.append(o)
+    return SearchChoice(tuple(options))
+
+
+def _range(node: dict, path: str) -> SearchRange | SearchChoice:
+    if "choice" in node:
+        return _choice(node, path)
     bounds = node.get("search")
     if not isinstance(bounds, list) or len(bounds) != 2 or not all(
             isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
@@ -67,7 +97,8 @@ def _range(node: dict, path: str) -> SearchRange:
 
 
 def find_search_ranges(document: Mapping[str, Any]) -> list[SearchParam]:
-    """Every search range in a (schema-valid) spec document, in document order."""
+    """Every search range and choice in a (schema-valid) spec document, in document order (a choice of
+    merge method first)."""
     out = []
     for parts, parameter, node in _walk(dict(document), [], None):
         path = yaml_path(parts)
@@ -106,8 +137,11 @@ def substitute(document: Mapping[str, Any], values: Mapping[str, Any]) -> dict[s
     return doc
 
 
-def midpoint(r: SearchRange) -> float:
-    """A value inside the range (its centre; geometric for log ranges), to plan a search spec with."""
+def midpoint(r: SearchRange | SearchChoice) -> Any:
+    """A value inside the range (its centre; geometric for log ranges; a choice's first option), to plan a
+    search spec with."""
+    if isinstance(r, SearchChoice):
+        return r.options[0]
     value = math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2
     if r.step:
         value = r.low + round((value - r.low) / r.step) * r.step

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from hubmerge.errors import SpecError
 from hubmerge.spec import methods
 from hubmerge.spec.methods import MethodContract
-from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SearchRange
+from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SearchChoice, SearchRange
 from hubmerge.spec.params import ParameterValueError, coerce, setting_scalars
 from hubmerge.spec.schema import did_you_mean
 from hubmerge.spec.search import spec_search_ranges
@@ -77,10 +77,12 @@ def _check_levels(spec: MergeSpec, method: MethodContract) -> None:
                         raise SpecError(f"'{name}' is a {param.type.__name__} parameter; only numbers can be searched",
                                         path=f"{path}.{name}", hint=f"give '{name}' a value instead of a search range")
                     continue
-                try:
-                    coerce(value, param.type)
-                except ParameterValueError as exc:
-                    raise SpecError(str(exc), path=f"{path}.{name}") from None
+                for option in value.options if isinstance(value, SearchChoice) else (value,):
+                    try:
+                        coerce(option, param.type)
+                    except ParameterValueError as exc:
+                        raise SpecError(str(exc) + (" (a choice's option)" if option is not value else ""),
+                                        path=f"{path}.{name}") from None
 
 
 @dataclass
