@@ -117,8 +117,9 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 class Planner:
-    def __init__(self, spec: MergeSpec, models: dict[ModelRef, ModelSource]):
+    def __init__(self, spec: MergeSpec, models: dict[ModelRef, ModelSource], donor: ModelSource | None = None):
         self.spec = spec
+        self.donor = donor
         self.method = method_for(spec)
         self.refs = list(models)
         self.sources = [models[r] for r in self.refs]
@@ -132,19 +133,43 @@ class Planner:
 
     # -- entry point -------------------------------------------------------------------------
     def plan(self) -> MergePlan:
+        self._check_model_layer_ranges()
         reference = self._config_reference()
         work = module_work(self.spec, reference, self.layouts, dict(zip(self.refs, self.sources)))
         tokenization.check_vocab_sizes(self.spec, self.sources)
         tokenizer_ref = self._tokenizer_ref(reference)
         chat_template = tokenization.chat_template_for(self.spec, self.sources)
-        self.tokenizer = tokenization.prepare_tokenizer(self.spec, self.refs, self.sources, tokenizer_ref)
+        self.tokenizer = tokenization.prepare_tokenizer(self.spec, self.refs, self.sources, tokenizer_ref,
+                                                        donor=self.donor)
         modules = [self._plan_module(w, reference) for w in work]
+        widened = [t for t in self.tensors if t.dtype != t.compute_dtype]
+        if widened and self.method.result_promotes_to is not None:
+            logger.warning("%s writes its %s result as mergekit 0.1.5 does (%d tensors wider than the inputs); "
+                           "set 'out_dtype: %s' for an output of the inputs' size", self.method.name,
+                           widened[0].dtype, len(widened), str(DTYPES[widened[0].compute_dtype]).removeprefix("torch."))
         layout = self.layouts[reference]
         tagalong = tuple(dict.fromkeys(layout.tagalong + TAGALONG_FILES))
         return MergePlan(self.spec, self.method, self.sources, self.tensors, sum(m.num_layers for m in modules),
                          self.model_index(reference), self.model_index(tokenizer_ref),
                          [i for m in modules for i in m.layer_origin], self.tokenizer, chat_template, modules,
                          layout, tagalong)
+
+    def _check_model_layer_ranges(self) -> None:
+        """``models[i].layer_range``: mergekit 0.1.5 ignores it and merges every layer, so only a range over the
+        whole model (or one of its modules) means what it says; any other is refused rather than ignored."""
+        for _, models, _, _ in self.spec.input_groups():
+            for m in models:
+                if m.layer_range is None:
+                    continue
+                layout = self.layouts[m.model]
+                counts = {layout.num_layers} | {module.num_layers for module in layout.modules}
+                if m.layer_range[0] != 0 or m.layer_range[1] not in counts:
+                    raise SpecError(
+                        f"layer_range [{m.layer_range[0]}, {m.layer_range[1]}] is not the whole of {m.model} "
+                        f"({layout.num_layers} layers); under 'models:' mergekit ignores it and merges every layer",
+                        path=f"{m.yaml_path}.layer_range",
+                        hint="to merge a range of layers, write it as 'slices: [{sources: [{model: ..., layer_range: "
+                             "...}]}]'; to merge whole models, drop layer_range")
 
     def _config_reference(self) -> ModelRef:
         """The model whose config, tensor names and modules shape the output: the base, else the first model."""
@@ -190,7 +215,10 @@ class Planner:
         if tk is None or tk.source in ("base", "union"):  # union starts from the base's tokenizer
             return self.spec.base_model if self.spec.base_model in self.refs else default
         if tk.source not in self.refs:
-            raise SpecError(f"tokenizer source {tk.source} is not one of the input models", path="tokenizer_source")
+            if self.donor is None:
+                raise SpecError(f"tokenizer source {tk.source} is not one of the input models and was not opened",
+                                path="tokenizer_source", hint="plan the spec with plan_spec, which opens it")
+            return default  # a donor: its tokenizer is built in; other files come from the config source
         return tk.source
 
     # -- tensors ------------------------------------------------------------------------------
@@ -285,7 +313,12 @@ class Planner:
                     raise SpecError(f"{exc} (tensor '{out_name}')", path=f"{where}.parameters") from None
 
         compute = self._compute_dtype([i for _, i in inputs])
-        out_dtype = DTYPE_NAMES[TORCH_DTYPES[self.spec.out_dtype]] if self.spec.out_dtype else compute
+        if self.spec.out_dtype:
+            out_dtype = DTYPE_NAMES[TORCH_DTYPES[self.spec.out_dtype]]
+        elif method.result_promotes_to is not None and not copy:  # arcee_fusion: float32, as mergekit writes it
+            out_dtype = DTYPE_NAMES[torch.promote_types(DTYPES[compute], method.result_promotes_to)]
+        else:
+            out_dtype = compute
         seed = tensor_seed(self.spec.hubmerge.seed, out_name) if method.random and not copy else None
         shape = inputs[0][1].shape
         if alignment is not None:  # re-indexed onto the output vocabulary
@@ -335,6 +368,8 @@ class Planner:
         return DTYPE_NAMES[dtype]
 
 
-def build_plan(spec: MergeSpec, models: dict[ModelRef, ModelSource]) -> MergePlan:
+def build_plan(spec: MergeSpec, models: dict[ModelRef, ModelSource], *,
+               tokenizer_donor: ModelSource | None = None) -> MergePlan:
+    """``tokenizer_donor``: the opened tokenizer source when it is not one of the inputs (``tokenizer_donor()``)."""
     require_concrete(spec)  # search ranges must be filled in (hubmerge evolve) before anything is merged
-    return Planner(spec, models).plan()
+    return Planner(spec, models, tokenizer_donor).plan()

@@ -18,7 +18,10 @@ def output_config(plan: MergePlan) -> dict[str, Any]:
     config = copy.deepcopy(source.config)
     for module in plan.modules:
         _update_module(config, module)
-    out_dtype = plan.tensors[0].dtype if plan.tensors else None
+    # The dtype the merge ran in (or out_dtype), as mergekit records it; a method whose results are wider than
+    # that (arcee_fusion's float32) does not change what the config says.
+    first = plan.tensors[0] if plan.tensors else None
+    out_dtype = (first.dtype if plan.spec.out_dtype else first.compute_dtype) if first is not None else None
     if out_dtype is not None:
         name = str(DTYPES[out_dtype]).removeprefix("torch.")
         if "torch_dtype" in config or "dtype" not in config:

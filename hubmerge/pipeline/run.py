@@ -48,12 +48,18 @@ def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
     if is_moe_spec(spec):  # planned from headers like a merge (hubmerge validate, card)
         return plan_moe(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
     sources = open_sources(spec, base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
+    donor = None
     try:
-        return build_plan(spec, sources)
+        if spec.tokenizer_donor() is not None:  # a tokenizer source that is no input: only its tokenizer is read
+            donor = open_model(spec.tokenizer_donor(), base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
+        return build_plan(spec, sources, tokenizer_donor=donor)
     except BaseException:
         for s in sources.values():
             s.close()
         raise
+    finally:
+        if donor is not None:
+            donor.close()
 
 
 def shard_layout(plan: MergePlan, max_shard_size: int):

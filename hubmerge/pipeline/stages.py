@@ -34,7 +34,8 @@ def with_stage_outputs(stage: Stage, made: dict[str, Path]) -> MergeSpec:
         return stage.spec
 
     def to_folder(ref: ModelRef) -> ModelRef:
-        return ModelRef(str(made[ref.path]), None, ref.lora) if ref.path in stage.needs and ref.revision is None else ref
+        name = stage.stage_of(ref)
+        return ModelRef(str(made[name]), None, ref.lora) if name is not None else ref
 
     return spec_from_dict(map_model_refs(stage.spec.raw, to_folder), source=f"stage {stage.name}")
 

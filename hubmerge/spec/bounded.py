@@ -189,17 +189,26 @@ class _BoundedComposer(yaml.composer.Composer):
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    # Keys written in this mapping must be unique; keys a ``<<: *anchor`` merge brings in may be overridden by
+    # them (YAML's merge-key rule, as PyYAML's safe_load and so mergekit read it). flatten_mapping puts the
+    # merged pairs first, so the written value is the one kept; of two merged mappings, the first wins.
+    own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
+    written: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         try:
             hash(key)
         except TypeError:
             raise _Refused(f"line {key_node.start_mark.line + 1}: a mapping key must be a scalar") from None
-        if key in mapping:
-            raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {shorten(repr(key), 80)}",
-                           hint="each key may appear once per mapping; remove or merge the duplicate")
+        if id(key_node) in own:
+            if key in written:
+                raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {shorten(repr(key), 80)}",
+                               hint="each key may appear once per mapping; remove or merge the duplicate")
+            written.add(key)
+        elif key in mapping:
+            continue
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 

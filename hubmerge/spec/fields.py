@@ -47,9 +47,23 @@ def ref_from_yaml(value: Any, path: str) -> ModelRef:
     return model
 
 
+LEGACY_MODEL_PREFIX = "model:"
+
+
+def without_legacy_prefix(value: Any) -> Any:
+    """``model:org/name`` -> ``org/name``: how mergekit before 0.0.4 spelled a model as tokenizer source (0.1.5
+    would look for a folder called ``model:org/name``). Other values are returned as they are."""
+    if isinstance(value, str) and value.strip().startswith(LEGACY_MODEL_PREFIX):
+        return value.strip()[len(LEGACY_MODEL_PREFIX):].strip()
+    return value
+
+
 def tokenizer_source_of(value: Any, path: str) -> str | ModelRef:
+    value = without_legacy_prefix(value)
     if value in ("base", "union"):
         return value
+    if value == "":
+        raise SpecError("'model:' names no model", path=path, hint="write 'model:org/name', or just 'org/name'")
     return ref_from_yaml(value, path)
 
 

@@ -68,6 +68,9 @@ class InputModel:
     model: ModelRef
     parameters: Parameters = field(default_factory=dict)
     yaml_path: str = ""
+    # ``layer_range`` under ``models:`` (published recipes write it); mergekit ignores it and merges the whole
+    # model, so the planner accepts only a range that spans the whole model.
+    layer_range: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,14 @@ class MergeSpec:
                 for src in s.sources:
                     seen.setdefault(src.model, None)
         return list(seen)
+
+    def tokenizer_donor(self) -> ModelRef | None:
+        """The model named as tokenizer source when it is not one of the inputs (mergekit takes its tokenizer
+        as it is and re-indexes the inputs' embeddings onto it); None otherwise."""
+        source = self.tokenizer.source if self.tokenizer is not None else None
+        if isinstance(source, ModelRef) and source not in self.referenced_models():
+            return source
+        return None
 
     def input_groups(self) -> list[tuple[str, tuple[InputModel, ...], tuple[OutputSlice, ...], Parameters]]:
         """(yaml path prefix, models, slices, module parameters) for the top level or each module."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,8 @@ from hubmerge.spec.tools import (
 )
 from hubmerge.spec.validate import check_spec
 from hubmerge.spec.yamlio import MAX_SPEC_BYTES, load_yaml_documents
+
+logger = logging.getLogger(__name__)
 
 
 def read_spec_text(path: str | Path) -> str:
@@ -89,6 +92,13 @@ def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec | MoESpe
         raise SpecError(f"the spec must be a mapping of keys, got {type(document).__name__}", source=source)
     if tool_of(document) is not None:
         return tool_spec_from_dict(document, source=source)  # type: ignore[return-value]
+    if "out_path" in document:  # mergekit-mega's stage key; the output folder comes from the command line
+        if not isinstance(document["out_path"], str) or not document["out_path"].strip():
+            raise SpecError("out_path must name a folder", path="out_path", source=source,
+                            hint="e.g. 'out_path: ./models/step-one' (it only names the stage; -o names the output)")
+        logger.debug("%s: out_path %r names the stage; the output goes where the command says", source,
+                     document["out_path"])
+        document = {k: v for k, v in document.items() if k != "out_path"}
     if is_moe_document(document):  # a mergekit-moe recipe: experts instead of a merge method
         return parse_moe(document, source=source)
     validate_against_schema(document, source=source)
@@ -176,7 +186,8 @@ def _build(doc: dict[str, Any]) -> MergeSpec:
 
 
 def _models(docs: list[dict[str, Any]] | None, path: str) -> tuple[InputModel, ...]:
-    return tuple(InputModel(_ref(m["model"], f"{path}[{i}].model"), _params(m.get("parameters")), f"{path}[{i}]")
+    return tuple(InputModel(_ref(m["model"], f"{path}[{i}].model"), _params(m.get("parameters")), f"{path}[{i}]",
+                            tuple(m["layer_range"]) if m.get("layer_range") is not None else None)
                  for i, m in enumerate(docs or ()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
+from hubmerge.spec.fields import without_legacy_prefix
 from hubmerge.spec.model import ModelRef
 from hubmerge.spec.parse import parse_ref
 
@@ -52,11 +53,11 @@ def map_model_refs(doc: dict[str, Any], fn: RefMap) -> dict[str, Any]:
                 expert["source_model"] = _map_ref(expert["source_model"], fn)
     for module in (doc.get("modules") or {}).values():
         models_and_slices(module)
-    if doc.get("tokenizer_source") not in (None, "base", "union"):
-        doc["tokenizer_source"] = _map_ref(doc["tokenizer_source"], fn)
+    if without_legacy_prefix(doc.get("tokenizer_source")) not in (None, "base", "union", ""):
+        doc["tokenizer_source"] = _map_ref(without_legacy_prefix(doc["tokenizer_source"]), fn)
     tokenizer = doc.get("tokenizer") or {}
-    if tokenizer.get("source") not in (None, "base", "union"):
-        tokenizer["source"] = _map_ref(tokenizer["source"], fn)
+    if without_legacy_prefix(tokenizer.get("source")) not in (None, "base", "union", ""):
+        tokenizer["source"] = _map_ref(without_legacy_prefix(tokenizer["source"]), fn)
     for token in (tokenizer.get("tokens") or {}).values():
         src = (token or {}).get("source")
         if isinstance(src, (str, dict)) and not (isinstance(src, dict) and "kind" in src):

@@ -47,6 +47,12 @@ def validate_against_schema(document: Any, *, source: str = "spec", schema: dict
     raise _to_spec_error(error, source)
 
 
+# Shorthands people write for the dtypes a spec takes (torch's names).
+_DTYPE_SHORTHANDS = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16",
+                     "fp32": "float32", "f32": "float32", "float": "float32", "single": "float32",
+                     "fp64": "float64", "f64": "float64", "double": "float64"}
+
+
 def _to_spec_error(error: jsonschema.ValidationError, source: str) -> SpecError:
     path = list(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -58,8 +64,13 @@ def _to_spec_error(error: jsonschema.ValidationError, source: str) -> SpecError:
         return SpecError(f"unknown key '{key}'", path=yaml_path(path + [key]), hint=hint)
     if error.validator == "enum":
         options = ", ".join(repr(v) for v in error.validator_value if v is not None)
-        suggestion = did_you_mean(str(error.instance), [str(v) for v in error.validator_value if v])
-        hint = f"did you mean '{suggestion}'?" if suggestion else f"one of {options}"
+        suggestion = _DTYPE_SHORTHANDS.get(str(error.instance).strip().lower().removeprefix("torch.")) \
+            if path and path[-1] in ("dtype", "out_dtype") else None
+        if suggestion is not None:  # mergekit 0.1.5 refuses these too ('Unimplemented dtype'), once it merges
+            hint = f"write '{suggestion}': dtype names are torch's, as mergekit reads them"
+        else:
+            suggestion = did_you_mean(str(error.instance), [str(v) for v in error.validator_value if v])
+            hint = f"did you mean '{suggestion}'?" if suggestion else f"one of {options}"
         return SpecError(f"{error.instance!r} is not allowed", path=yaml_path(path), hint=hint)
     if error.validator == "required":
         return SpecError(error.message.replace("'", ""), path=yaml_path(path))

@@ -6,6 +6,7 @@ planner for every output tensor, still before any tensor data is read.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from hubmerge.errors import SpecError
@@ -15,6 +16,8 @@ from hubmerge.spec.model import MergeSpec, ModelRef, Parameters, SearchChoice, S
 from hubmerge.spec.params import ParameterValueError, coerce, setting_scalars
 from hubmerge.spec.schema import did_you_mean
 from hubmerge.spec.search import spec_search_ranges
+
+logger = logging.getLogger(__name__)
 
 
 def method_for(spec: MergeSpec) -> MethodContract:
@@ -55,6 +58,12 @@ def _check_levels(spec: MergeSpec, method: MethodContract) -> None:
     for path, params, per_input in _levels(spec):
         for name, setting in params.items():
             param = method.param(name)
+            if param is None and name in _other_methods_params(method):
+                # Published recipes carry these (int8_mask on linear, normalize on slerp): mergekit 0.1.5 never
+                # reads a parameter its method does not declare, so neither do we; a typo is still refused.
+                logger.warning("%s.%s: merge method '%s' takes no '%s' (another method's parameter); ignored, as "
+                               "mergekit ignores it", path, name, method.name, name)
+                continue
             if param is None:
                 suggestion = did_you_mean(name, method.param_names)
                 if suggestion:
@@ -83,6 +92,12 @@ def _check_levels(spec: MergeSpec, method: MethodContract) -> None:
                     except ParameterValueError as exc:
                         raise SpecError(str(exc) + (" (a choice's option)" if option is not value else ""),
                                         path=f"{path}.{name}") from None
+
+
+def _other_methods_params(method: MethodContract) -> set[str]:
+    """Parameter names that some other mergekit method takes."""
+    return {n for m in methods.entries().values() if m.name != method.name and getattr(m, "in_mergekit", True)
+            for n in m.param_names}
 
 
 @dataclass

@@ -33,7 +33,8 @@ def arcee_fusion(
 
     Quantiles are exact for tensors of at most 1M elements; larger tensors sample 1M indices with ``generator``
     (mergekit uses the global RNG, so only the sampling differs). Like mergekit, the mask is float32, so bf16 and
-    fp16 inputs give a float32 result.
+    fp16 inputs give a float32 result, and the planner writes it as float32 unless the spec sets ``out_dtype``
+    (mergekit 0.1.5 does the same, ``dtype: bfloat16`` or not).
     """
     if len(others) != 1:
         raise ValueError(f"arcee_fusion: needs the base and exactly one other model, got {len(others)} others")
@@ -58,6 +59,7 @@ register(
         min_inputs=2,
         max_inputs=2,
         random=True,
+        result_promotes_to=torch.float32,
         summary="Take the other model's changes only where their KL-weighted importance is an outlier.",
         paper="https://arcee.ai",
     )

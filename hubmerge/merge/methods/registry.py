@@ -66,6 +66,9 @@ class MergeMethod:
     aliases: tuple[str, ...] = field(default=())
     # False for methods mergekit 0.1.5 does not have: their recipes are not mergekit-compatible.
     in_mergekit: bool = True
+    # A dtype the result is promoted to (with the compute dtype) when the spec sets no out_dtype, as mergekit
+    # 0.1.5 writes it: arcee_fusion's float32 mask makes its result float32 even from bf16 inputs.
+    result_promotes_to: Any = None  # a torch.dtype
 
     def param(self, name: str) -> Param | None:
         for p in self.params:

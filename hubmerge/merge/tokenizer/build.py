@@ -164,11 +164,22 @@ def _union(base_files: TokenizerFiles, base_tok, tokenizers: dict[int, Any], voc
     return result
 
 
+DONOR = "donor"
+
+
 def build_output_tokenizer(*, source: str | int, base: int, models: list[ModelSource],
-                           overrides: list[TokenOverride], pad_to_multiple_of: int | None) -> OutputTokenizer:
-    """``source`` is "base", "union", or the index of the model whose tokenizer is used."""
+                           overrides: list[TokenOverride], pad_to_multiple_of: int | None,
+                           donor: ModelSource | None = None) -> OutputTokenizer:
+    """``source`` is "base", "union", the index of the model whose tokenizer is used, or ``DONOR``: ``donor``'s
+    tokenizer, a model that is no input (as mergekit, taken as it is; tokens no input has get zero rows)."""
     files = {i: TokenizerFiles(m) for i, m in enumerate(models)}
     keep = list(files.values())
+    donor_files = None
+    if source == DONOR:
+        if donor is None:
+            raise PlanError("the tokenizer source is not one of the inputs and was not opened")
+        donor_files = TokenizerFiles(donor)
+        keep.append(donor_files)
     try:
         vocab_sizes: dict[int, int] = {}
         tokenizers: dict[int, Any] = {}
@@ -195,10 +206,11 @@ def build_output_tokenizer(*, source: str | int, base: int, models: list[ModelSo
         elif source == "union":
             out = _union(base_files, base_tok, tokenizers, vocab_sizes)
         else:
-            if not files[source].present:
-                raise SourceError(f"{models[source].name} has no tokenizer files but is the tokenizer source",
+            chosen = donor_files if donor_files is not None else files[source]
+            if not chosen.present:
+                raise SourceError(f"{chosen.name} has no tokenizer files but is the tokenizer source",
                                   hint="pick a tokenizer_source that ships a tokenizer")
-            out = files[source].load()
+            out = chosen.load()
         existing = set(out.get_vocab())
         for o in overrides:
             if o.token not in existing:

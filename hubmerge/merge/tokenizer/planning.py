@@ -11,7 +11,13 @@ from typing import Any
 from hubmerge.errors import PlanError
 from hubmerge.merge.layout import LAYER_RE, input_embedding_name, is_output_embedding
 from hubmerge.merge.tokenizer.align import VocabAlignment, plan_alignment, vocabulary_axis
-from hubmerge.merge.tokenizer.build import OutputTokenizer, TokenizerFiles, build_output_tokenizer, config_vocab_size
+from hubmerge.merge.tokenizer.build import (
+    DONOR,
+    OutputTokenizer,
+    TokenizerFiles,
+    build_output_tokenizer,
+    config_vocab_size,
+)
 from hubmerge.merge.tokenizer.chat import resolve_chat_template
 from hubmerge.merge.tokenizer.overrides import parse_overrides
 from hubmerge.sources.model import ModelSource
@@ -44,17 +50,23 @@ def check_vocab_sizes(spec: MergeSpec, sources: list[ModelSource]) -> None:
 
 
 def prepare_tokenizer(spec: MergeSpec, refs: list[ModelRef], sources: list[ModelSource],
-                      source_ref: ModelRef) -> OutputTokenizer | None:
-    """The output tokenizer when the spec asks for one (tokenizer_source / tokenizer section)."""
+                      source_ref: ModelRef, *, donor: ModelSource | None = None) -> OutputTokenizer | None:
+    """The output tokenizer when the spec asks for one (tokenizer_source / tokenizer section). ``donor``: the
+    tokenizer source when it is no input model (``MergeSpec.tokenizer_donor``)."""
     tk = spec.tokenizer
     if tk is None:
         return None
     base = refs.index(spec.base_model) if spec.base_model in refs else 0
-    source: str | int = tk.source if tk.source in ("base", "union") else refs.index(source_ref)
+    if tk.source in ("base", "union"):
+        source: str | int = tk.source
+    elif tk.source in refs:
+        source = refs.index(tk.source)
+    else:
+        source = DONOR
     overrides = parse_overrides(tk.tokens)
     pad = tk.pad_to_multiple_of
     tokenizer = build_output_tokenizer(source=source, base=base, models=sources, overrides=overrides,
-                                       pad_to_multiple_of=pad)
+                                       pad_to_multiple_of=pad, donor=donor)
     logger.info("output tokenizer: %d tokens, %d embedding rows", len(tokenizer.vocab), tokenizer.rows)
     return tokenizer
 
