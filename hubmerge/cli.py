@@ -37,6 +37,19 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "debug": (("--debug",), {"action": "store_true", "help": "show tracebacks and debug logs"}),
     "quiet": (("-q", "--quiet"), {"action": "store_true", "help": "no progress bars, warnings only"}),
 }
+JSONL = ("max_new_tokens", "answer_regex", "chat_template", "fewshot")
+OPTIONS.update({
+    "max_new_tokens": (("--max-new-tokens",), {"type": int, "default": None, "metavar": "N",
+                                               "help": "jsonl prompt/answer items: score by greedy generation of up "
+                                                       "to N tokens (batched)"}),
+    "answer_regex": (("--answer-regex",), {"default": None, "metavar": "REGEX",
+                                           "help": "jsonl generation: the answer is the last match (its first "
+                                                   "group if any), e.g. '-?[0-9][0-9,.]*' for the last number"}),
+    "chat_template": (("--chat-template",), {"action": "store_true",
+                                             "help": "jsonl: wrap prompts (and shots) in the model's chat template"}),
+    "fewshot": (("--fewshot",), {"type": int, "default": 0, "metavar": "K",
+                                 "help": "jsonl: the first K items are examples before every prompt, not scored"}),
+})
 HUB = ("endpoint", "download")
 COMMON = ("debug", "quiet")
 
@@ -175,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "spec, so its relative model paths still resolve)")
     ev.add_argument("--push", action="store_true", help="push the best merge to the Hub (target as for push)")
     add(ev, "repo", help="target repo id for --push (default: the spec's hubmerge.target)")
-    add(ev, "device", "eval_dtype", "batch_size")
+    add(ev, "device", "eval_dtype", "batch_size", *JSONL)
     ev.add_argument("--in-memory-limit", default="4GB",
                     help="merge candidates in memory when their inputs fit in this many bytes, else stream (4GB)")
     add(ev, *HUB, *COMMON)
@@ -184,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("target", help="a local model folder or a Hub repo id (org/name[@revision])")
     add(ea, "evals")
     ea.add_argument("--anchors", type=int, default=None, metavar="K", help="only K fixed random items per evaluation")
-    add(ea, "seed", "device", "eval_dtype", "batch_size", "json", *HUB, *COMMON)
+    add(ea, "seed", "device", "eval_dtype", "batch_size", *JSONL, "json", *HUB, *COMMON)
 
     _tool_parsers(sub)
 

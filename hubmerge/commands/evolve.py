@@ -10,6 +10,13 @@ from hubmerge.commands.common import hub_of, merge_only
 from hubmerge.spec import load_spec, parse_size
 
 
+def jsonl_options(args):
+    from hubmerge.evolve.evaluate import JsonlOptions
+
+    return JsonlOptions(max_new_tokens=args.max_new_tokens, answer_regex=args.answer_regex,
+                        chat_template=args.chat_template, fewshot=args.fewshot)
+
+
 def cmd_evolve(args) -> int:
     from hubmerge.evolve.report import push_best, write_outputs
     from hubmerge.evolve.search import EvolveOptions, run_search
@@ -26,7 +33,8 @@ def cmd_evolve(args) -> int:
                             anchors=args.anchors, final_top=args.final_top, seed=args.seed, device=args.device,
                             eval_dtype=args.eval_dtype, batch_size=args.batch_size,
                             base_dir=spec_path.resolve().parent, cache_limit=parse_size(args.in_memory_limit,
-                                                                                        "--in-memory-limit"))
+                                                                                        "--in-memory-limit"),
+                            jsonl=jsonl_options(args))
     hub = hub_of(args)
     if args.push:
         from hubmerge.pipeline.push import target_of
@@ -58,7 +66,7 @@ def cmd_eval(args) -> int:
     from hubmerge.evolve.gate import evaluate_target
 
     target = Path(args.target)
-    evals = [parse_eval(e) for e in args.evals]
+    evals = [parse_eval(e, jsonl=jsonl_options(args)) for e in args.evals]
     results = evaluate_target(target if target.is_dir() else args.target, evals, hub=hub_of(args),
                               anchors=args.anchors, seed=args.seed, device=args.device, dtype=args.eval_dtype,
                               batch_size=args.batch_size)

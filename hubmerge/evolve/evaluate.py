@@ -10,6 +10,14 @@
   ``{"prompt": ..., "choices": [...], "answer": <index or choice text>}`` — correct when the answer has the
   highest log-likelihood among the choices. The prompt and the answer are joined with one space unless
   the prompt ends, or the answer starts, with whitespace.
+  Generated answers: with ``max_new_tokens`` (``--max-new-tokens``) or an ``answer_regex``
+  (``--answer-regex``), a ``{"prompt", "answer"}`` item is scored by greedy generation instead (batched,
+  left-padded): the answer is the regex's last match in the generated text (its first group if it has
+  one; e.g. ``-?[0-9][0-9,.]*`` for the last number) and must equal the item's answer (numbers compared as
+  numbers); without a regex the generated text must begin with the answer. ``chat_template``
+  (``--chat-template``) wraps each prompt in the model's chat template; ``fewshot`` K (``--fewshot``) puts
+  the first K items, with their answers, before every prompt as examples (as chat turns with a template)
+  and leaves them out of the scored items.
 - ``MODULE:FUNCTION``: imports MODULE (which runs its code — only when you pass it) and calls
   ``FUNCTION(model, tokenizer)``; it returns a float (higher is better unless ``--objectives min``) or a
   list of per-item scores (their mean, with a t interval).
@@ -23,6 +31,7 @@ import importlib
 import json
 import logging
 import math
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -194,6 +203,11 @@ class Evaluation:
     def has_items(self) -> bool:
         return len(self) > 0
 
+    @property
+    def identity(self) -> str:
+        """What a study records of this evaluation (a resumed study must evaluate the same way)."""
+        return self.spec
+
 
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -282,12 +296,73 @@ def _safe_exp(x: float) -> float:
     return math.exp(min(x, 700.0))
 
 
+@dataclass(frozen=True)
+class JsonlOptions:
+    """How ``jsonl:`` items are prompted and scored (the CLI's --max-new-tokens, --answer-regex,
+    --chat-template, --fewshot)."""
+
+    max_new_tokens: int | None = None  # generate up to this many tokens per prompt/answer item
+    answer_regex: str | None = None  # extract the answer from the generation (its last match)
+    chat_template: bool = False
+    fewshot: int = 0
+
+    @property
+    def generates(self) -> bool:
+        return self.max_new_tokens is not None or self.answer_regex is not None
+
+    @property
+    def is_default(self) -> bool:
+        return self == JsonlOptions()
+
+    def check(self) -> None:
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 4096:
+            raise EvalError(f"--max-new-tokens must be between 1 and 4096, got {self.max_new_tokens}")
+        if self.fewshot < 0:
+            raise EvalError(f"--fewshot must be 0 or more, got {self.fewshot}")
+        if self.answer_regex is not None:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as exc:
+                raise EvalError(f"--answer-regex {self.answer_regex!r} is not a regular expression: {exc}") from None
+
+
+DEFAULT_MAX_NEW_TOKENS = 32  # when only --answer-regex asks for generation
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text.replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def answer_matches(generated: str, answer: str, regex: re.Pattern | None) -> tuple[bool, bool]:
+    """(correct, the regex matched): the regex's last match (its first group if any) against the answer,
+    numbers as numbers; without a regex, the generation must begin with the answer (then a non-word)."""
+    answer = answer.strip()
+    if regex is None:
+        text = generated.lstrip()
+        rest = text[len(answer):len(answer) + 1]
+        return text.startswith(answer) and not (rest.isalnum() or rest == "_"), True
+    found = list(regex.finditer(generated))
+    if not found:
+        return False, False
+    last = found[-1]
+    got = (last.group(1) if regex.groups else last.group(0)) or ""
+    got = got.strip()
+    a, b = _number(got), _number(answer)
+    return (a == b if a is not None and b is not None else got == answer), True
+
+
 class JsonlEval(Evaluation):
     metric = "accuracy"
     direction = "maximize"
 
-    def __init__(self, path: Path, spec: str):
+    def __init__(self, path: Path, spec: str, options: JsonlOptions | None = None):
         self.spec, self.path = spec, path
+        self.options = options or JsonlOptions()
+        self.options.check()
         self.label = f"acc({path.name})"
         lines = _read_text(path, "the JSONL items").splitlines()
         self.items: list[dict[str, Any]] = []
@@ -301,7 +376,47 @@ class JsonlEval(Evaluation):
             self.items.append(self._check(item, f"{path}:{number}"))
         if not self.items:
             raise EvalError(f"{path} holds no items", hint='one JSON object per line: {"prompt": ..., "answer": ...}')
+        k = self.options.fewshot
+        if k >= len(self.items):
+            raise EvalError(f"--fewshot {k}: {path} holds only {len(self.items)} items (the first K are the shots)",
+                            hint="use fewer shots or more items")
+        self.shots, self.items = self.items[:k], self.items[k:]
+        self._regex = re.compile(self.options.answer_regex) if self.options.answer_regex is not None else None
         self._cache = _TokenCache()
+        self._prompts: _TokenCache = _TokenCache()
+
+    @property
+    def identity(self) -> str:
+        if self.options.is_default:
+            return self.spec
+        o = self.options
+        return (f"{self.spec} (max_new_tokens={o.max_new_tokens}, answer_regex={o.answer_regex!r}, "
+                f"chat_template={o.chat_template}, fewshot={o.fewshot})")
+
+    def _prompt(self, tokenizer, prompt: str) -> str:
+        """The text before an answer: shots, then the prompt (in the chat template when asked)."""
+        def answer_of(item: dict[str, Any]) -> str:
+            return item["choices"][item["answer"]] if "choices" in item else item["answer"]
+
+        if self.options.chat_template:
+            if not getattr(tokenizer, "chat_template", None):
+                raise EvalError(f"--chat-template: the model's tokenizer has no chat template ({self.path})",
+                                hint="drop --chat-template, or merge with a tokenizer that has one")
+            messages = []
+            for shot in self.shots:
+                messages += [{"role": "user", "content": shot["prompt"]},
+                             {"role": "assistant", "content": answer_of(shot)}]
+            messages.append({"role": "user", "content": prompt})
+            try:
+                return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:  # noqa: BLE001 - a template's own error (jinja): name the option
+                raise EvalError(f"--chat-template: the model's chat template failed: {exc}") from None
+        parts = []
+        for shot in self.shots:
+            p, a = shot["prompt"], answer_of(shot)
+            sep = "" if (not p or p[-1].isspace() or a[:1].isspace()) else " "
+            parts.append(p + sep + a + "\n\n")
+        return "".join(parts) + prompt
 
     @staticmethod
     def _check(item: Any, where: str) -> dict[str, Any]:
@@ -335,8 +450,9 @@ class JsonlEval(Evaluation):
             for n, item in enumerate(self.items):
                 answers = item.get("choices") or [item["answer"]]
                 seqs = []
+                prompt = self._prompt(tok, item["prompt"])
                 for answer in answers:
-                    ctx, cont = _split(tok, item["prompt"], answer)
+                    ctx, cont = _split(tok, prompt, answer)
                     if not ctx:
                         raise EvalError(f"{self.path}: item {n + 1} has an empty prompt and the tokenizer no BOS token")
                     if not cont:
@@ -347,20 +463,64 @@ class JsonlEval(Evaluation):
             self._cache = _TokenCache(tok, out)
         return self._cache.items
 
-    def evaluate(self, holder, indices=None, *, batch_size=32, confidence=0.95) -> Estimate:
+    def item_scores(self, holder, indices=None, *, batch_size=32) -> list[float]:
+        """1.0 or 0.0 for each item at ``indices`` (all by default), in that order."""
+        indices = list(range(len(self.items))) if indices is None else list(indices)
+        generated = {}
+        if self.options.generates:
+            wanted = [i for i in indices if "choices" not in self.items[i]]
+            generated = dict(zip(wanted, self._generate(holder, wanted, batch_size=batch_size)))
         items = self._sequences(holder)
-        indices = list(range(len(items))) if indices is None else list(indices)
-        flat = [seq for i in indices for seq in items[i]]
+        flat = [seq for i in indices if i not in generated for seq in items[i]]
         scored = iter(score_sequences(holder, flat, batch_size=batch_size))
-        correct = []
+        correct, unmatched = [], 0
         for i in indices:
+            if i in generated:
+                ok, matched = answer_matches(generated[i], self.items[i]["answer"], self._regex)
+                unmatched += not matched
+                correct.append(1.0 if ok else 0.0)
+                continue
             results = [next(scored) for _ in items[i]]
             if "choices" in self.items[i]:
                 best = max(range(len(results)), key=lambda c: results[c].logprob)
                 correct.append(1.0 if best == self.items[i]["answer"] else 0.0)
             else:
                 correct.append(1.0 if results[0].greedy else 0.0)
-        return ratio_estimate(correct, [1.0] * len(correct), total=len(items), confidence=confidence)
+        if unmatched:
+            logger.warning("--answer-regex %r matched nothing in %d of %d generations (%s); those count as wrong",
+                           self.options.answer_regex, unmatched, len(generated), self.path.name)
+        return correct
+
+    def _generate(self, holder, indices: list[int], *, batch_size: int) -> list[str]:
+        """Greedy continuations of the items' prompts, batched (left-padded), decoded without the prompt."""
+        tok = holder.tokenizer
+        if self._prompts.tokenizer is not tok:
+            prompts = [_with_start(tok, _encode(tok, self._prompt(tok, item["prompt"]))) if "choices" not in item
+                       else [] for item in self.items]
+            self._prompts = _TokenCache(tok, prompts)
+        new = self.options.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        out: dict[int, str] = {}
+        order = sorted(indices, key=lambda i: len(self._prompts.items[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                seqs = [self._prompts.items[i][-max(1, holder.max_length - new):] for i in batch]
+                width = max(len(q) for q in seqs)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, q in enumerate(seqs):
+                    ids[row, width - len(q):] = torch.tensor(q, dtype=torch.long)
+                    mask[row, width - len(q):] = 1
+                result = holder.model.generate(input_ids=ids.to(holder.device), attention_mask=mask.to(holder.device),
+                                               max_new_tokens=new, do_sample=False, num_beams=1, pad_token_id=pad)
+                for row, i in enumerate(batch):
+                    out[i] = tok.decode(result[row, width:].tolist(), skip_special_tokens=True)
+        return [out[i] for i in indices]
+
+    def evaluate(self, holder, indices=None, *, batch_size=32, confidence=0.95) -> Estimate:
+        correct = self.item_scores(holder, indices, batch_size=batch_size)
+        return ratio_estimate(correct, [1.0] * len(correct), total=len(self.items), confidence=confidence)
 
 
 class CallableEval(Evaluation):
@@ -404,8 +564,9 @@ class CallableEval(Evaluation):
         return Estimate(value, None, None, 0, 0, confidence)
 
 
-def parse_eval(spec: str, *, base_dir: Path | None = None) -> Evaluation:
-    """``ppl:PATH``, ``jsonl:PATH``, a .txt/.jsonl path, or ``MODULE:FUNCTION`` (imported only here)."""
+def parse_eval(spec: str, *, base_dir: Path | None = None, jsonl: JsonlOptions | None = None) -> Evaluation:
+    """``ppl:PATH``, ``jsonl:PATH``, a .txt/.jsonl path, or ``MODULE:FUNCTION`` (imported only here);
+    ``jsonl``: how JSONL items are prompted and scored."""
     kind, sep, rest = spec.partition(":")
     candidates = [Path(spec)] + ([base_dir / spec] if base_dir is not None else [])
 
@@ -420,10 +581,10 @@ def parse_eval(spec: str, *, base_dir: Path | None = None) -> Evaluation:
     if sep and kind == "ppl":
         return PerplexityEval(path_of(rest), spec)
     if sep and kind == "jsonl":
-        return JsonlEval(path_of(rest), spec)
+        return JsonlEval(path_of(rest), spec, jsonl)
     if any(c.is_file() for c in candidates) or spec.endswith((".txt", ".jsonl")):
         p = path_of(spec)
-        return JsonlEval(p, spec) if p.suffix == ".jsonl" else PerplexityEval(p, spec)
+        return JsonlEval(p, spec, jsonl) if p.suffix == ".jsonl" else PerplexityEval(p, spec)
     if sep and rest and all(part.isidentifier() for part in kind.split(".")) and rest.isidentifier():
         return CallableEval(kind, rest, spec)
     raise EvalError(f"cannot understand --eval {spec!r}",

@@ -25,7 +25,7 @@ from hubmerge.errors import HubmergeError
 from hubmerge.evolve.candidate import DEFAULT_CACHE_LIMIT, CandidateMerger
 from hubmerge.evolve.errors import EvolveError
 from hubmerge.evolve.estimators import Estimate, anchor_indices
-from hubmerge.evolve.evaluate import Evaluation, parse_directions, parse_eval
+from hubmerge.evolve.evaluate import Evaluation, JsonlOptions, parse_directions, parse_eval
 from hubmerge.spec.model import MergeSpec, SearchChoice
 from hubmerge.spec.search import SearchParam, spec_search_ranges, substitute
 from hubmerge.spec.validate import method_for
@@ -55,6 +55,7 @@ class EvolveOptions:
     base_dir: Path | None = None
     cache_limit: int = DEFAULT_CACHE_LIMIT
     heartbeat: int | None = 15  # seconds; SQLite/RDB storages only
+    jsonl: JsonlOptions = field(default_factory=JsonlOptions)  # prompting and scoring of jsonl: items
 
 
 @dataclass
@@ -208,7 +209,7 @@ STORAGE_ATTEMPTS = 5
 def _description(params, evals, directions, anchors, seed) -> dict[str, Any]:
     return {"space": [[p.path, "choice", list(p.range.options)] if isinstance(p.range, SearchChoice)
                       else [p.path, p.range.low, p.range.high, p.range.step, p.range.log] for p in params],
-            "evals": [e.spec for e in evals], "directions": directions, "anchors": anchors, "anchor_seed": seed}
+            "evals": [e.identity for e in evals], "directions": directions, "anchors": anchors, "anchor_seed": seed}
 
 
 def _estimates(data: Sequence[dict]) -> list[Estimate]:
@@ -274,7 +275,7 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
     if options.trials < 1:
         raise EvolveError("--trials must be at least 1")
     kinds = _param_types(spec, params)
-    evals = [parse_eval(e, base_dir=options.base_dir) for e in options.evals]
+    evals = [parse_eval(e, base_dir=options.base_dir, jsonl=options.jsonl) for e in options.evals]
     directions = parse_directions(evals, options.objectives)
     if options.anchors is not None and options.anchors < 2:
         raise EvolveError("--anchors must be at least 2 (an interval needs two items)")
