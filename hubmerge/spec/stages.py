@@ -73,7 +73,8 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 def _name_for_out_path(out_path: str, taken: set[str]) -> str:
     """A plain stage name for an ``out_path`` (its last part, other characters as '-'), unique in the file."""
     last = reference_key(out_path).rsplit("/", 1)[-1]
-    stem = _NAME_CHARS.sub("-", last).strip(".-") or "stage"
+    # letters, digits, '_', '-', '.'; starting with a letter or digit, no '..', at most 100 characters
+    stem = re.sub(r"\.{2,}", ".", _NAME_CHARS.sub("-", last)).lstrip("._-").rstrip(".-")[:90] or "stage"
     name, n = stem, 2
     while name in taken or name == UNNAMED:
         name, n = f"{stem}-{n}", n + 1

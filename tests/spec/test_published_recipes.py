@@ -5,6 +5,7 @@ with mergekit's bytes in tests/merge/test_published_recipes_mergekit.py."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -68,7 +69,14 @@ def test_stage_names_from_out_paths_are_plain_and_unique():
     ])
     stages = parse_stages(text)
     assert [s.name for s in stages] == ["x-y", "x-y-2", "final"]
-    assert all("/" not in s.name and not s.name.startswith(".") for s in stages)
+    odd = ["_hidden", "a..b", "x" * 300, "...", "ü-model", ".cache"]
+    # a chain: each document merges the previous one's output, so the last is the final one
+    text = "\n---\n".join([f"out_path: './{o}'\n" + TWO.replace("model: m1", f"model: './{odd[i - 1]}'")
+                             if i else f"out_path: './{o}'\n" + TWO for i, o in enumerate(odd)])
+    names = [s.name for s in parse_stages(text)]
+    assert names == ["hidden", "a.b", "x" * 90, "stage", "model", "cache"]
+    # plain names, as hubmerge checks a 'name:' (a folder inside the scratch folder)
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", n) and ".." not in n for n in names)
 
 
 @pytest.mark.parametrize("docs, message, path", [
