@@ -30,7 +30,8 @@ def cmd_merge(args) -> int:
         return _run_tool(args, stages[0].spec)
     options = MergeOptions(device=args.device, max_shard_size=shard_size(args), resume=args.resume,
                            overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
-                           show_progress=not args.quiet, allow_pickle=args.allow_pickle)
+                           show_progress=not args.quiet, allow_pickle=args.allow_pickle,
+                           protected=(Path(args.spec),))
     start = time.perf_counter()
     hub = hub_of(args)
     result = run_stages(stages, args.output, options, hub=hub, card_writer=lambda plan, digest, folder: write_card(
@@ -44,7 +45,8 @@ def _run_tool(args, spec) -> int:
     from hubmerge.pipeline.tools import ToolRun, run_tool
 
     run = ToolRun(device=args.device, overwrite=args.overwrite, base_dir=Path(args.spec).resolve().parent,
-                  show_progress=not args.quiet, allow_pickle=args.allow_pickle, max_shard_size=shard_size(args))
+                  show_progress=not args.quiet, allow_pickle=args.allow_pickle, max_shard_size=shard_size(args),
+                  protected=(Path(args.spec),))
     result = run_tool(spec, args.output, run, hub=hub_of(args))
     logger.info("wrote %s (%s): %.1f s, %s", result.output, spec.tool, result.seconds, result.content_hash)
     return 0

@@ -30,6 +30,7 @@ from hubmerge.output.folder import commit_partial, discard_partial, prepare_part
 from hubmerge.output.shards import Progress, content_hash
 from hubmerge.output.spill import TensorSpill
 from hubmerge.pipeline.lora_plan import PEFT_PREFIX, ExtractionPlan, Target, plan_extraction
+from hubmerge.pipeline.output_folder import input_roots
 from hubmerge.pipeline.streaming import prefetched
 from hubmerge.pipeline.tool_run import ToolRun, open_two
 from hubmerge.spec.tools import ExtractLoraSpec
@@ -259,7 +260,8 @@ def run_extraction(spec: ExtractLoraSpec, out_dir: str | Path, options: ToolRun 
     for note in plan.notes:
         logger.warning("%s", note)
     try:
-        partial = prepare_partial(target_dir, resume=False, overwrite=options.overwrite)
+        partial = prepare_partial(target_dir, resume=False, overwrite=options.overwrite,
+                                  protected=(*options.protected, *input_roots([plan.model, plan.base])))
         spill = TensorSpill(partial)
         try:
             extractor = _Extractor(plan, spill, device)

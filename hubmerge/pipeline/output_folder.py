@@ -34,6 +34,7 @@ class MergeOptions:
     # Write only these shards (one part of a merge split across machines); no config, card or index.
     only_shards: set[str] | None = None
     allow_pickle: bool = False  # read pytorch_model*.bin inputs (through torch.load(weights_only=True))
+    protected: tuple[Path, ...] = ()  # the output may not be, hold or lie inside these (the spec file, inputs)
 
 
 @dataclass
@@ -46,6 +47,11 @@ class MergeResult:
     digests: dict[str, str] = field(default_factory=dict)  # tensor name -> hex digest (see output.shards)
     fingerprint: str = ""
     card: str | None = None  # the README the card writer wrote (and returned)
+
+
+def input_roots(models) -> list[Path]:
+    """The local folders the inputs are read from (an output must stay apart from them)."""
+    return [m.extra["local_root"] for m in models if m.extra.get("local_root") is not None]
 
 
 def plan_fingerprint(plan: MergePlan, max_shard_size: int) -> str:
@@ -77,7 +83,8 @@ def stream_to_folder(plan, items: list[PlannedTensor], shards, target: Path, opt
     The folder is renamed into place only when complete. ``in_parts``: several items make up one output
     tensor, in order (an MoE's fused experts). ``card_writer(plan, digest, folder)`` writes the README and
     returns its text. Returns the content hash, the files written, the progress and the card's text."""
-    partial = prepare_partial(target, resume=options.resume, overwrite=options.overwrite)
+    partial = prepare_partial(target, resume=options.resume, overwrite=options.overwrite,
+                              protected=(*options.protected, *input_roots(plan.models)))
     try:
         progress = _resumed_progress(partial, fingerprint, shards) if options.resume else None
         progress = progress or Progress(partial, fingerprint)

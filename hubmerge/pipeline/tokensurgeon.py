@@ -38,6 +38,7 @@ from hubmerge.output.shards import (
     index_document,
     layout_shards,
 )
+from hubmerge.pipeline.output_folder import input_roots
 from hubmerge.pipeline.streaming import prefetched
 from hubmerge.pipeline.tool_run import ToolRun, open_two
 from hubmerge.pipeline.transplant_plan import TransplantPlan, VocabTensor, plan_transplant
@@ -189,7 +190,8 @@ def run_transplant(spec: TokensurgeonSpec, out_dir: str | Path, options: ToolRun
         entries = [ShardEntry(n, plan.model.tensors[n].dtype, plan.out_shape(n)) for n in plan.order]
         shards = layout_shards(entries, options.max_shard_size or spec.hubmerge.max_shard_size
                                or DEFAULT_MAX_SHARD_SIZE)
-        partial = prepare_partial(target_dir, resume=False, overwrite=options.overwrite)
+        partial = prepare_partial(target_dir, resume=False, overwrite=options.overwrite,
+                                  protected=(*options.protected, *input_roots([plan.model, plan.donor])))
         try:
             progress = Progress(partial, "tokensurgeon")
             writer = ShardWriter(partial, shards, progress, on_shard_done=options.on_shard)

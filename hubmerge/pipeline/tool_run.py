@@ -27,6 +27,7 @@ class ToolRun:
     title: str | None = None  # card title (default: the folder name)
     repo_id: str | None = None  # the Hub repo the card names
     existing_card: str | None = None  # a README whose prose and metadata the card keeps
+    protected: tuple[Path, ...] = ()  # the output may not be, hold or lie inside these (the recipe file)
 
 
 def open_two(first: ModelRef, second: ModelRef, plan: Callable[[ModelSource, ModelSource], Plan], *,

@@ -186,6 +186,7 @@ def open_local_model(ref: ModelRef, root: Path, *, allow_pickle: bool = False) -
         reader=reader,
         read_file=read_file,
         list_files=lambda: files,
+        extra={"local_root": root.resolve()},  # an output may not overlap it (output.folder.check_target)
     )
 
 

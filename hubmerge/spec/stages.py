@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hubmerge.errors import SpecError
+from hubmerge.spec.bounded import shorten
 from hubmerge.spec.model import MergeSpec, ModelRef
 from hubmerge.spec.moe import is_moe_spec
 from hubmerge.spec.parse import read_spec_text, spec_from_dict
@@ -132,6 +133,8 @@ def parse_stages(text: str, *, source: str = "spec") -> list[Stage]:
             keys[reference_key(out_path)] = stage
             labels[stage] = out_path
         else:
+            if spec.name is not None:
+                check_stage_name(spec.name, where)
             if spec.name is None:  # as in mergekit-multi, the one unnamed document is the final merge
                 unnamed += 1
             stage = spec.name if spec.name is not None else UNNAMED
@@ -153,6 +156,15 @@ def parse_stages(text: str, *, source: str = "spec") -> list[Stage]:
 
 
 UNNAMED = "(final)"
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_stage_name(name: object, where: str) -> None:
+    """A stage name names a folder inside our scratch folder: letters, digits, '_', '-', '.', no path."""
+    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name) or ".." in name:
+        raise SpecError(f"{where}: stage name {shorten(repr(name), 80)} is not a plain name", path="name",
+                        hint="use letters, digits, '_', '-' and '.' (up to 100, starting with a letter or digit), "
+                             "no '/' or '..'")
 
 
 def _ordered(names: list[str], needs: dict[str, tuple[str, ...]], source: str, labels: dict[str, str]) -> list[str]:
