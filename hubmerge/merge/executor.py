@@ -134,15 +134,17 @@ class StreamingExecutor:
         # them, and the range fetcher decides how many requests actually go out at once).
         self.read_threads = read_threads or (REMOTE_READ_THREADS if self.remote else 4)
         self.show_progress = show_progress
-        # Compute-bound methods (selection, sampling) get torch's threads on every core: a DARE merge on 2
+        # Compute-bound methods (sampling, iterating) get torch's threads on every core: a DARE merge on 2
         # cores is 25% faster with both. The others are elementwise and share the cores with reading, writing
         # and hashing: torch splits each operation over its threads and waits for the slowest, so with a core
         # busy with I/O a second torch thread only adds spin time (~40% more CPU for a linear merge). They run
         # on one torch thread, and their chunk loops spread over every core instead, a span at a time
-        # (``spread_spans``): a busy core simply takes fewer spans.
+        # (``spread_spans``): a busy core simply takes fewer spans. So do the selection methods, whose
+        # per-model work is such a span each (``parallel_models``).
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-        self.math_threads = math_threads or (cores if plan.method.compute_bound else 1)
-        self.span_workers = 1 if plan.method.compute_bound else cores
+        torch_wide = plan.method.compute_bound and not plan.method.parallel_models
+        self.math_threads = math_threads or (cores if torch_wide else 1)
+        self.span_workers = 1 if torch_wide else cores
 
     def _read(self, item: PlannedTensor) -> _Loaded:
         models = self.plan.models

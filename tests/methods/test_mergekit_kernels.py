@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hubmerge.merge.methods import get_method
+from hubmerge.merge.methods._chunks import spread_spans
 from hubmerge.merge.methods._sampling import keep_mask
 
 pytestmark = pytest.mark.mergekit
@@ -73,6 +74,25 @@ def test_task_arithmetic_family(dtype, shape, ties):
     base, others = make_inputs(shape, dtype, 3, seed=len(shape) * 10 + ties, ties=ties)
     for name, kwargs, params in _gta_cases():
         assert_bitwise(ours(name, base, others, **kwargs), theirs(name, base, others, params))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_selection_methods_with_span_workers(dtype):
+    """As the executor runs ties and breadcrumbs: one torch thread, the models sparsified on worker threads side
+    by side (``spread_spans``). Same bits as mergekit, heavy ties included."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for seed, ties in ((1, True), (2, False)):
+            base, others = make_inputs((384, 512), dtype, 3, seed=seed, ties=ties)
+            for name, kwargs, params in _gta_cases():
+                if name == "task_arithmetic":
+                    continue
+                with spread_spans(2):
+                    got = ours(name, base, others, **kwargs)
+                assert_bitwise(got, theirs(name, base, others, params))
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)

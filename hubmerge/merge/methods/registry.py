@@ -56,6 +56,12 @@ class MergeMethod:
     # Its math costs far more than reading and writing the tensor (sorting, sampling, iterating): the executor
     # gives it every core. Otherwise one core is left to the reads, writes and hashing that run beside it.
     compute_bound: bool = False
+    # Its costly part is one independent task per input model (TIES' top-k selection, Breadcrumbs' window),
+    # which it spreads over the span workers itself (``_chunks.run_spans``): the executor then gives it one
+    # torch thread and every core as a span worker. torch splitting each of the selection's many small
+    # operations over its threads waits for the slowest at every one: on a loaded machine that made a TIES
+    # merge several times slower than with one thread.
+    parallel_models: bool = False
     # Row i of the output depends on row i of the inputs only (elementwise math with per-tensor scalars):
     # the executor may merge a large tensor a block of rows at a time, bit for bit the same.
     rowwise: bool = False

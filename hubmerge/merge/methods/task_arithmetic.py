@@ -39,6 +39,10 @@ from hubmerge.merge.methods.registry import REQUIRED, MergeMethod, Param, regist
 Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (delta, model index) -> delta, in place
 
 
+# Side by side, each model's selection holds its own scratch (keys, index lists: ~6 bytes an element); above
+# this size (an embedding) the models are sparsified one after the other, so the peak stays one model's.
+_PARALLEL_ELEMENTS = 1 << 24
+
 _SEQUENTIAL_ROWS = 8  # up to this many models the accumulation order below is verified against torch.sum
 
 
@@ -87,8 +91,13 @@ def generalized_task_arithmetic(
     consensus: bool,
     normalize: bool,
     lam: float,
+    independent: bool = False,
 ) -> torch.Tensor:
-    """The shared kernel; ``sparsify(delta, i)`` sparsifies model i's delta in place (or is None)."""
+    """The shared kernel; ``sparsify(delta, i)`` sparsifies model i's delta in place (or is None).
+
+    ``independent``: ``sparsify`` draws nothing and model i's result depends on its delta only, so the models
+    may be sparsified side by side (see ``run_spans``); random sparsifiers draw from one generator in model
+    order and run one after the other."""
     if not others:
         return base
     if weights is None:
@@ -113,10 +122,17 @@ def generalized_task_arithmetic(
     else:
         # Sparsifiers need each model's whole delta (top-k, norms, row ranks).
         deltas = base.new_empty((count, *base.shape))
-        for i in range(count):
-            torch.sub(others[i], base, out=deltas[i])
-            release(others, i)  # the input is not needed again: free it before the costly sparsifying
-            sparsify(deltas[i], i)
+
+        def trim(first: int, stop: int, _: None) -> None:
+            for i in range(first, stop):
+                torch.sub(others[i], base, out=deltas[i])
+                release(others, i)  # the input is not needed again: free it before the costly sparsifying
+                sparsify(deltas[i], i)
+
+        if independent and n <= _PARALLEL_ELEMENTS:  # one model per span: the span workers (if any) sparsify
+            run_spans(count, 1, base.device, trim)       # the models side by side
+        else:  # one generator drawn in model order
+            trim(0, count, None)
         flat = deltas.view(count, -1).mul_(w)
 
         def buffer() -> None:
@@ -191,7 +207,7 @@ def ties(base, others, *, weights, densities=None, normalize=True, rescale=False
         return sp.magnitude(delta, dens[i], rescale=rescale)
 
     return generalized_task_arithmetic(
-        base, others, weights=weights, sparsify=trim, consensus=True, normalize=normalize, lam=lam
+        base, others, weights=weights, sparsify=trim, consensus=True, normalize=normalize, lam=lam, independent=True
     )
 
 
@@ -230,7 +246,8 @@ def _breadcrumbs(base, others, weights, densities, gammas, normalize, rescale, l
         return sp.magnitude_outliers(delta, dens[i], gam[i], rescale=rescale)
 
     return generalized_task_arithmetic(
-        base, others, weights=weights, sparsify=crumbs, consensus=consensus, normalize=normalize, lam=lam
+        base, others, weights=weights, sparsify=crumbs, consensus=consensus, normalize=normalize, lam=lam,
+        independent=True,
     )
 
 
@@ -333,6 +350,7 @@ def _register(func, summary, paper, *, normalize, rescale, extra=(), random=Fals
             min_inputs=1,
             random=random,
             compute_bound=func is not task_arithmetic,  # selection or sampling on top of the sums
+            parallel_models=func in (ties, breadcrumbs, breadcrumbs_ties),  # one selection per model
             rowwise=func is task_arithmetic,  # the others select or sample over the whole tensor
             summary=summary,
             paper=paper,
