@@ -179,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="direction per --eval (default: min for ppl, max for jsonl and callables)")
     ev.add_argument("--anchors", type=int, default=None, metavar="K",
                     help="score candidates on K fixed random items per evaluation (with a confidence interval)")
+    ev.add_argument("--estimator", choices=("mean", "irt", "gpirt"), default="mean",
+                    help="accuracy from the anchors: their mean, or a 2PL IRT model's p-IRT / gp-IRT estimate "
+                         "(fitted on the parents and the first --irt-warmup candidates, all evaluated on every item)")
+    ev.add_argument("--anchor-selection", choices=("random", "stratified"), default="random",
+                    help="anchors drawn at random, or one per stratum of IRT difficulty fitted on the parents")
+    ev.add_argument("--irt-warmup", type=int, default=4, metavar="N",
+                    help="with --estimator irt|gpirt: the first N candidates are scored on every item (default 4)")
     ev.add_argument("--final-top", type=int, default=3, metavar="M",
                     help="re-evaluate the best M candidates on every item at the end (default 3)")
     add(ev, "seed", help="seeds the sampler and the anchor subset (default 0)")

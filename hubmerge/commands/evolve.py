@@ -34,7 +34,8 @@ def cmd_evolve(args) -> int:
                             eval_dtype=args.eval_dtype, batch_size=args.batch_size,
                             base_dir=spec_path.resolve().parent, cache_limit=parse_size(args.in_memory_limit,
                                                                                         "--in-memory-limit"),
-                            jsonl=jsonl_options(args))
+                            jsonl=jsonl_options(args), estimator=args.estimator,
+                            anchor_selection=args.anchor_selection, irt_warmup=args.irt_warmup)
     hub = hub_of(args)
     if args.push:
         from hubmerge.pipeline.push import target_of

@@ -101,6 +101,14 @@ def card_markdown(result: SearchResult) -> str:
     lines += ["", "| searched value | range | best |", "|---|---|---|"]
     for p in result.params:
         lines.append(f"| `{p.path}` | {_space_text(p.range)} | {_fmt(best.values.get(p.path))} |")
+    finalists = [t for t in result.trials if t.full is not None]
+    if finalists:
+        lines += ["", "Estimated vs full (the finalists, each also evaluated on every item):", "",
+                  "| trial | evaluation | estimate | full | error |", "|---|---|---|---|---|"]
+        for t in finalists:
+            for ev, est, full in zip(result.evaluations, t.fitness, t.full):
+                lines.append(f"| {t.number} | {ev.label} | {est.describe()} | {full.value:.4g} | "
+                             f"{est.value - full.value:+.3g} |")
     lines += ["", f"![fitness over trials]({PLOT_FILE})", "",
               f"Fitness of each trial as the search scored it (dots; grey marks: failed trials) and the best so far "
               f"(line), objective {result.evaluations[0].label}. The spec with these values: "

@@ -24,8 +24,9 @@ from typing import Any, Callable, Sequence
 from hubmerge.errors import HubmergeError
 from hubmerge.evolve.candidate import DEFAULT_CACHE_LIMIT, CandidateMerger
 from hubmerge.evolve.errors import EvolveError
-from hubmerge.evolve.estimators import Estimate, anchor_indices
+from hubmerge.evolve.estimators import Estimate, anchor_indices, ratio_estimate
 from hubmerge.evolve.evaluate import Evaluation, JsonlOptions, parse_directions, parse_eval
+from hubmerge.evolve.fitness import RESPONSES, IrtFitness, check_irt_options, encode_rows
 from hubmerge.spec.model import MergeSpec, SearchChoice
 from hubmerge.spec.search import SearchParam, spec_search_ranges, substitute
 from hubmerge.spec.validate import method_for
@@ -56,6 +57,9 @@ class EvolveOptions:
     cache_limit: int = DEFAULT_CACHE_LIMIT
     heartbeat: int | None = 15  # seconds; SQLite/RDB storages only
     jsonl: JsonlOptions = field(default_factory=JsonlOptions)  # prompting and scoring of jsonl: items
+    estimator: str = "mean"  # mean | irt | gpirt (accuracy evaluations; see hubmerge.evolve.irt)
+    anchor_selection: str = "random"  # random | stratified (by the IRT difficulty fitted on the parents)
+    irt_warmup: int = 4  # with an IRT estimator: the first candidates scored on every item (fit data)
 
 
 @dataclass
@@ -279,12 +283,17 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
     directions = parse_directions(evals, options.objectives)
     if options.anchors is not None and options.anchors < 2:
         raise EvolveError("--anchors must be at least 2 (an interval needs two items)")
+    irt_evals = check_irt_options(spec, evals, estimator=options.estimator, selection=options.anchor_selection,
+                                  anchors=options.anchors)
     anchors = [anchor_indices(len(e), options.anchors, options.seed) if e.has_items else None for e in evals]
     subset = any(a is not None and len(a) < len(e) for a, e in zip(anchors, evals))
 
     storage = _storage(options.storage, options.heartbeat)
     study_name = options.study_name or f"hubmerge-evolve-{spec.merge_method}"
     description = _description(params, evals, directions, options.anchors, options.seed)
+    if irt_evals:  # recorded only when used, so studies made before these options still resume
+        description.update(estimator=options.estimator, anchor_selection=options.anchor_selection,
+                           irt_warmup=options.irt_warmup if options.estimator != "mean" else 0)
     optuna_level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -306,9 +315,17 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
                                   hint="use another --study-name or --storage, or the same spec and options")
             if isinstance(storage, optuna.storages.RDBStorage) and options.heartbeat:
                 optuna.storages.fail_stale_trials(study)
+            irt = None
+            if irt_evals:
+                irt = IrtFitness(evals, irt_evals, options.estimator, options.irt_warmup, options.confidence)
+                irt.parents(study, spec, options, hub=hub)
+                if options.anchor_selection == "stratified":
+                    drawn = irt.stratified(options.seed, options.anchors)
+                    anchors = [drawn.get(i, a) for i, a in enumerate(anchors)]
             with CandidateMerger(spec, base_dir=options.base_dir, hub=hub, device=options.device,
                                  eval_dtype=options.eval_dtype, cache_limit=options.cache_limit) as merger:
-                _optimize(study, merger, params, kinds, evals, anchors, options)
+                _optimize(study, merger, params, kinds, evals, anchors, options,
+                          irt if options.estimator != "mean" else None)
                 records = [_record(t) for t in study.get_trials(deepcopy=False)]
                 complete = [r for r in records if r.state == "COMPLETE" and len(r.fitness) == len(evals)]
                 if not complete:
@@ -327,7 +344,29 @@ def run_search(spec: MergeSpec, options: EvolveOptions, *, hub: Any = None) -> S
                         options.anchors, options.final_top, options.seed)
 
 
-def _optimize(study, merger: CandidateMerger, params, kinds, evals, anchors, options: EvolveOptions) -> None:
+def _irt_evaluate(study, holder, evals, anchors, options: EvolveOptions, irt: IrtFitness
+                  ) -> tuple[list[Estimate], dict[str, str] | None]:
+    """Estimates for one candidate with an IRT estimator, and its full response rows when it is one of the
+    first ``irt_warmup`` candidates (scored on every item; those rows join the IRT fit)."""
+    from optuna.trial import TrialState
+
+    full = irt.refresh(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < options.irt_warmup
+    out, rows = [], {}
+    for i, (ev, idx) in enumerate(zip(evals, anchors)):
+        if i not in irt.which:
+            out.append(ev.evaluate(holder, idx, batch_size=options.batch_size, confidence=options.confidence))
+        elif full:
+            scores = ev.item_scores(holder, batch_size=options.batch_size)
+            rows[str(i)] = encode_rows(scores)
+            out.append(ratio_estimate(scores, [1.0] * len(scores), total=len(scores), confidence=options.confidence))
+        else:
+            scores = ev.item_scores(holder, idx, batch_size=options.batch_size)
+            out.append(irt.estimate(i, list(idx), scores))
+    return out, (rows if full else None)
+
+
+def _optimize(study, merger: CandidateMerger, params, kinds, evals, anchors, options: EvolveOptions,
+              irt: IrtFitness | None = None) -> None:
     from optuna.trial import TrialState
 
     failures: list[str] = []
@@ -335,16 +374,23 @@ def _optimize(study, merger: CandidateMerger, params, kinds, evals, anchors, opt
     def objective(trial):
         start = time.perf_counter()
         values = {p.path: _suggest(trial, p, kinds[p.path]) for p in params}
+        rows = None
         try:
             holder = merger.load(values)
-            estimates = evaluate_all(holder, evals, anchors, options)
+            if irt is None:
+                estimates = evaluate_all(holder, evals, anchors, options)
+            else:
+                estimates, rows = _irt_evaluate(study, holder, evals, anchors, options, irt)
         except HubmergeError as exc:
             trial.set_user_attr(ATTR, {"values": values, "error": exc.message})
             failures.append(exc.message)
             logger.warning("trial %d %s failed: %s", trial.number, values, exc.message)
             raise
         failures.clear()
-        trial.set_user_attr(ATTR, {"values": values, "fitness": [e.to_json() for e in estimates]})
+        record = {"values": values, "fitness": [e.to_json() for e in estimates]}
+        if rows is not None:
+            record[RESPONSES] = rows
+        trial.set_user_attr(ATTR, record)
         logger.info("trial %d %s -> %s (%.1f s)", trial.number, _short(values),
                     "; ".join(f"{ev.label} {est.describe()}" for ev, est in zip(evals, estimates)),
                     time.perf_counter() - start)
