@@ -51,7 +51,7 @@ def plan_spec(spec: MergeSpec, *, base_dir: Path | None = None, hub: Any = None,
     donor = None
     try:
         if spec.tokenizer_donor() is not None:  # a tokenizer source that is no input: only its tokenizer is read
-            donor = open_model(spec.tokenizer_donor(), base_dir=base_dir, hub=hub, allow_pickle=allow_pickle)
+            donor = open_model(spec.tokenizer_donor(), base_dir=base_dir, hub=hub, files_only=True)
         return build_plan(spec, sources, tokenizer_donor=donor)
     except BaseException:
         for s in sources.values():

@@ -24,7 +24,7 @@ from hubmerge.sources.model import (
     parse_json_file,
 )
 from hubmerge.sources.pickle_reader import PickleReader, pickle_headers
-from hubmerge.sources.readers import LocalFileReader
+from hubmerge.sources.readers import LocalFileReader, NoTensors
 from hubmerge.sources.remote import RangeFetcher, RemoteReader, check_size, read_remote_header
 from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse_header
 from hubmerge.spec.model import ModelRef
@@ -143,7 +143,9 @@ def pinned_listing(hub: HubReads, ref: ModelRef) -> tuple[str, str, dict[str, in
     return sha, display, listing
 
 
-def open_hub_model(hub: HubReads, ref: ModelRef, *, allow_pickle: bool = False) -> ModelSource:
+def open_hub_model(hub: HubReads, ref: ModelRef, *, allow_pickle: bool = False,
+                   files_only: bool = False) -> ModelSource:
+    """``files_only``: the repo's side files (a tokenizer donor), no weights and config.json optional."""
     repo = ref.path
     sha, display, listing = pinned_listing(hub, ref)
 
@@ -153,15 +155,19 @@ def open_hub_model(hub: HubReads, ref: ModelRef, *, allow_pickle: bool = False) 
         return hub.read_small_file(repo, sha, name)
 
     raw_config = read_file("config.json")
-    if raw_config is None:
+    if raw_config is None and not files_only:
         raise SourceError(f"{display}: no config.json in the repo", hint="is this a transformers model repo?")
-    config = parse_json_file(raw_config, context=f"{display}/config.json")
+    config = parse_json_file(raw_config, context=f"{display}/config.json") if raw_config is not None else {}
     if not isinstance(config, dict):
         raise SourceError(f"{display}/config.json must be a JSON object")
 
-    weights = find_weight_files(list(listing), lambda f: parse_json_file(read_file(f), context=f"{display}/{f}"),
-                                display, allow_pickle=allow_pickle)
-    tensors, reader = hub_weights(hub, repo, sha, display, listing, weights)
+    if files_only:
+        tensors, reader, extra = {}, NoTensors(), {}
+    else:
+        weights = find_weight_files(list(listing), lambda f: parse_json_file(read_file(f), context=f"{display}/{f}"),
+                                    display, allow_pickle=allow_pickle)
+        tensors, reader = hub_weights(hub, repo, sha, display, listing, weights)
+        extra = {"fetcher": reader.fetcher}
     return ModelSource(
         ref=ref,
         name=repo,
@@ -172,5 +178,5 @@ def open_hub_model(hub: HubReads, ref: ModelRef, *, allow_pickle: bool = False) 
         list_files=lambda: sorted(listing),
         revision=sha,
         is_hub=True,
-        extra={"fetcher": reader.fetcher},
+        extra=extra,
     )

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from hubmerge.errors import HubError, SourceError
 from hubmerge.sources.pickle_reader import PICKLE_SUFFIXES, PickleReader, pickle_headers, refuse_pickle_files
-from hubmerge.sources.readers import LocalFileReader, TensorReader
+from hubmerge.sources.readers import LocalFileReader, NoTensors, TensorReader
 from hubmerge.sources.safetensors_format import TensorInfo, header_length, parse_header
 from hubmerge.spec.bounded import load_json
 from hubmerge.spec.model import ModelRef
@@ -158,21 +158,26 @@ def local_weights(root: Path, weights: WeightFiles, name: str) -> tuple[dict[str
     return collect_tensors(headers, weights.weight_map, model=name), reader
 
 
-def open_local_model(ref: ModelRef, root: Path, *, allow_pickle: bool = False) -> ModelSource:
+def open_local_model(ref: ModelRef, root: Path, *, allow_pickle: bool = False,
+                     files_only: bool = False) -> ModelSource:
+    """``files_only``: the folder's side files (a tokenizer donor), no weights and config.json optional."""
     name = ref.path
     if not root.is_dir():
         raise SourceError(f"model folder not found: {root}")
     files = sorted(str(p.relative_to(root).as_posix()) for p in root.rglob("*") if p.is_file())
     config_path = root / "config.json"
-    if not config_path.is_file():
+    if not config_path.is_file() and not files_only:
         raise SourceError(f"{name}: no config.json in {root}", hint="a model folder needs its config.json")
-    config = parse_json_file(config_path.read_bytes(), context=f"{name}/config.json")
+    config = parse_json_file(config_path.read_bytes(), context=f"{name}/config.json") if config_path.is_file() else {}
     if not isinstance(config, dict):
         raise SourceError(f"{name}/config.json must be a JSON object")
 
-    weights = find_weight_files(files, lambda f: parse_json_file((root / f).read_bytes(), context=f"{name}/{f}"),
-                                name, allow_pickle=allow_pickle)
-    tensors, reader = local_weights(root, weights, name)
+    if files_only:
+        tensors, reader = {}, NoTensors()
+    else:
+        weights = find_weight_files(files, lambda f: parse_json_file((root / f).read_bytes(), context=f"{name}/{f}"),
+                                    name, allow_pickle=allow_pickle)
+        tensors, reader = local_weights(root, weights, name)
 
     def read_file(rel: str) -> bytes | None:
         path = root / check_relative_file(rel, context=name)

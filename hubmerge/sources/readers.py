@@ -30,6 +30,18 @@ class TensorReader(Protocol):
     def close(self) -> None: ...
 
 
+class NoTensors:
+    """The reader of a source opened for its side files only (a tokenizer donor): it holds no tensors."""
+
+    row_blocks = False
+
+    def read(self, info) -> torch.Tensor:
+        raise KeyError(info.name)
+
+    def close(self) -> None:
+        pass
+
+
 class BufferPool:
     """Recycles read buffers. Fresh large allocations are page-faulted and zeroed by the kernel on every
     use; a merge reads tensors of a handful of sizes over and over, so reusing buffers saves that work."""

@@ -70,6 +70,8 @@ CASES = {
         + "tokenizer:\n  source: donor\n  pad_to_multiple_of: 8\n",
         "merge_method: task_arithmetic\nbase_model: base\n" + TWO.replace("ft1", "chat")
         + "tokenizer:\n  source: model:donor\n  pad_to_multiple_of: 8\n"),
+    # A donor folder with only its tokenizer files (no config.json, no weights), as tokenizer repos are.
+    "donor_tokenizer_only": ("merge_method: linear\nbase_model: base\n" + TWO + "tokenizer_source: donor-tok\n",) * 2,
     "legacy_model_prefix_input": ("merge_method: linear\nbase_model: base\n" + TWO.replace("ft1", "chat")
                                   + "tokenizer_source: chat\n",
                                   "merge_method: linear\nbase_model: base\n" + TWO.replace("ft1", "chat")
@@ -100,6 +102,9 @@ def merged(tmp_path_factory):
     # The donor shares some words, adds two, reorders the rest and adds a special token no input has.
     vocab_model(root / "donor", SPECIALS + words(10) + ["x1", "z0", "z1"] + words(30)[10:][::-1], seed=5,
                 added=("<|im_end|>",))
+    (root / "donor-tok").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(root / "donor" / name, root / "donor-tok" / name)
     stages = {f"r-{name}": theirs for name, (theirs, _) in CASES.items()}  # stage names no model has
     stages["mega-step1"] = SLERP
     stages["mega-step2"] = TIES.format(first="mega-step1")
@@ -143,3 +148,18 @@ def test_a_mega_file_with_out_paths_merges_like_its_mergekit_multi_twin(merged, 
     # The out_paths only named the stages: nothing was written there, and the scratch folder is gone.
     assert not (root / "models").exists() and not (Path.cwd() / "models" / "gradient-slerp").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_tokenizer_only_hub_repo_is_a_donor_too(merged, tmp_path, hub, repo_id_factory):
+    from helpers import publish_folder
+
+    from hubmerge.hub import Hub
+
+    root, theirs = merged
+    repo = repo_id_factory()
+    publish_folder(hub, repo, root / "donor-tok")
+    text = CASES["donor_tokenizer_only"][1].replace("donor-tok", f"model:{repo}")
+    out = tmp_path / "hub-donor"
+    run_stages(parse_stages(text), out, MergeOptions(base_dir=root, show_progress=False), hub=Hub(endpoint=hub.url))
+    assert_same_tensors(load_folder(out), load_folder(theirs / "r-donor_tokenizer_only"))
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(root / "donor-tok").get_vocab()
