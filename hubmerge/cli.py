@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 
@@ -265,7 +266,13 @@ def error_text(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = getattr(args, "device", None)
+    if device is not None and not re.fullmatch(r"cpu|auto|cuda(:[0-9]{1,2})?|mps", device):
+        print(f"error: --device {error_text(repr(device[:40]))} is not a device", file=sys.stderr)
+        print("  hint: use cpu, cuda, cuda:N or auto", file=sys.stderr)
+        return 2
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     if not args.debug:

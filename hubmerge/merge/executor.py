@@ -49,7 +49,10 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HubmergeError("--device cuda was asked for, but no CUDA device is available",
                             hint="use --device cpu or --device auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise HubmergeError(f"--device {name[:40]!r} is not a device", hint="use cpu, cuda, cuda:N or auto") from None
 
 
 @dataclass

@@ -164,10 +164,14 @@ def open_local_model(ref: ModelRef, root: Path, *, allow_pickle: bool = False,
     name = ref.path
     if not root.is_dir():
         raise SourceError(f"model folder not found: {root}")
-    files = sorted(str(p.relative_to(root).as_posix()) for p in root.rglob("*") if p.is_file())
     config_path = root / "config.json"
     if not config_path.is_file() and not files_only:
         raise SourceError(f"{name}: no config.json in {root}", hint="a model folder needs its config.json")
+    # A model folder is looked at, not searched: its top level only (an index names any file below it).
+    try:
+        files = sorted(e.name for e in os.scandir(root) if e.is_file())
+    except OSError as exc:
+        raise SourceError(f"{name}: cannot list {root} ({exc.strerror})") from None
     config = parse_json_file(config_path.read_bytes(), context=f"{name}/config.json") if config_path.is_file() else {}
     if not isinstance(config, dict):
         raise SourceError(f"{name}/config.json must be a JSON object")
@@ -244,11 +248,28 @@ def on_hub(ref: ModelRef, hub: Any, open_remote: Callable[[], Any]) -> Any:
         raise SourceError(f"model not found: {ref} is a Windows path and no folder '{name}' is next to the spec "
                           "or in the working directory", hint=f"copy or link the model folder to ./{name}, or use its "
                                                               "Hub repo id")
-    hint = "check the path" if not looks_like_repo_id(ref.path) else "Hub models need network access"
+    problem = repo_id_problem(ref.path)
+    if problem is not None and "/" in ref.path and not ref.path.startswith(("/", ".", "~")):
+        raise SourceError(f"model not found: {ref}: no local folder at {local}, and not a valid Hub repo id "
+                          f"({problem})", hint="check the path or the repo id")
+    hint = "check the path" if problem is not None else "Hub models need network access"
     raise SourceError(f"model not found: {ref} (no local folder at {local})", hint=hint)
 
 
 def looks_like_repo_id(path: str) -> bool:
+    return repo_id_problem(path) is None
+
+
+def repo_id_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a Hub repo id (our own check, so the Hub client never raises on it); None if it can."""
     parts = path.split("/")
-    return (1 <= len(parts) <= 2 and all(parts) and not path.startswith((".", "~"))
-            and all(c.isalnum() or c in "-_." for part in parts for c in part))
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        return "a repo id is 'name' or 'org/name'"
+    if len(path) > 96:
+        return "longer than 96 characters"
+    for part in parts:
+        if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in part):
+            return "only letters, digits, '-', '_' and '.' are allowed"
+        if part[0] in "-." or part[-1] in "-." or ".." in part or "--" in part:
+            return "a part may not start or end with '-' or '.', nor hold '..' or '--'"
+    return None

@@ -7,6 +7,7 @@ Shared parameters skip the per-input level.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from hubmerge.spec.model import Conditional, Parameters, Scalar, SearchChoice, SearchRange, Setting
@@ -37,6 +38,8 @@ def coerce(value: Any, kind: type) -> Any:
                 value = float(value.strip())
             except ValueError:
                 raise ParameterValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(float(value)):
+            raise ParameterValueError(f"is not a finite number ({value!r})")
         if kind is int:
             if float(value) != int(value):
                 raise ParameterValueError(f"expected an integer, got {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -84,12 +85,27 @@ def parse_spec(text: str, *, source: str = "spec") -> MergeSpec:
     return spec_from_dict(docs[0], source=source)
 
 
+def refuse_non_finite(document: Any, *, source: str) -> None:
+    """No number in a recipe may be NaN or infinite (weights, t, density, gradients, search ranges...)."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{value} is not a finite number", path=path or "<root>", source=source,
+                            hint="parameters must be finite numbers")
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
 def spec_from_dict(document: Any, *, source: str = "spec") -> MergeSpec | MoESpec:
     """A merge spec, or a mergekit-moe recipe (``experts:`` and no ``merge_method``: ``hubmerge.spec.moe``), or
     (for a document with an ``extract_lora:`` or ``tokensurgeon:`` key) a tool recipe (``hubmerge.spec.tools``),
     so every command that reads recipes from files and cards takes them all."""
     if not isinstance(document, dict):
         raise SpecError(f"the spec must be a mapping of keys, got {type(document).__name__}", source=source)
+    refuse_non_finite(document, source=source)
     if tool_of(document) is not None:
         return tool_spec_from_dict(document, source=source)  # type: ignore[return-value]
     if "out_path" in document:  # mergekit-mega's stage key; the output folder comes from the command line

@@ -88,10 +88,28 @@ def _check_levels(spec: MergeSpec, method: MethodContract) -> None:
                     continue
                 for option in value.options if isinstance(value, SearchChoice) else (value,):
                     try:
-                        coerce(option, param.type)
+                        number = coerce(option, param.type)
                     except ParameterValueError as exc:
                         raise SpecError(str(exc) + (" (a choice's option)" if option is not value else ""),
                                         path=f"{path}.{name}") from None
+                    _check_range(name, number, f"{path}.{name}", method.name)
+
+
+# Documented ranges, checked when the spec is read. ``t`` of slerp/nuslerp may extrapolate (mergekit allows it on
+# purpose): outside [0, 1] only warns.
+DENSITY_PARAMS = ("density",)
+EXTRAPOLATING = ("t",)
+
+
+def _check_range(name: str, value: object, path: str, method: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if name in DENSITY_PARAMS and not 0 < value <= 1:
+        raise SpecError(f"density must be in (0, 1], got {value}", path=path,
+                        hint="the fraction of each task vector kept; 1 keeps everything")
+    if name in EXTRAPOLATING and not 0 <= value <= 1:
+        logger.warning("%s: t = %s lies outside [0, 1]: %s extrapolates past its end points (allowed, as mergekit "
+                       "allows it)", path, value, method)
 
 
 def _other_methods_params(method: MethodContract) -> set[str]:
