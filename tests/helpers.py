@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,42 +136,55 @@ class Outcome:
         return [line for line in self.stderr.splitlines() if line.startswith("error:")]
 
 
-def _limit_child(address_space: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
+# The child is started by a small launcher process, not forked from pytest: Linux carries a process's RSS high-water
+# mark across fork and exec, so a CLI forked straight from a test process that has grown to 1 GB would report at
+# least 1 GB whatever it did itself. The launcher (a bare interpreter, ~10 MB) forks the CLI, sets its limits, waits
+# for it and writes "exit-status peak-rss-bytes" to the report file.
+_LAUNCHER = """
+import os, resource, sys
+report, limit, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
+"""
 
 
 def run_bounded(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = HOSTILE_TIMEOUT,
                 address_space: int = HOSTILE_ADDRESS_SPACE, stdin: bytes | None = None) -> Outcome:
     """``python -m hubmerge.cli ARGS`` with an address-space limit and a timeout (killed past it)."""
     full_env = {**os.environ, **(env or {})}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report"
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "hubmerge.cli", *args], cwd=cwd, env=full_env,
-                                stdout=out, stderr=err, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                                preexec_fn=_limit_child(address_space))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(report), str(address_space), sys.executable, "-m", "hubmerge.cli",
+             *args], cwd=cwd, env=full_env, stdout=out, stderr=err, start_new_session=True,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
         if stdin is not None:
             proc.stdin.write(stdin)
             proc.stdin.close()
-        timed_out, usage, status = False, None, 0
-        while usage is None:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                usage = rusage
-            elif time.monotonic() - start > timeout:
-                proc.kill()
-                timed_out = True
-                _, status, usage = os.wait4(proc.pid, 0)
-            else:
-                time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the CLI
+            proc.wait()
+            timed_out = True
         seconds = time.monotonic() - start
+        if report.exists():
+            returncode, peak = (int(x) for x in report.read_text().split())
+        else:  # killed before the CLI ended
+            returncode, peak = -signal.SIGKILL, 0
         out.seek(0)
         err.seek(0)
-        return Outcome(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                       usage.ru_maxrss * 1024, seconds, timed_out)
+        return Outcome(returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                       peak, seconds, timed_out)
 
 
 def assert_refused(outcome: Outcome, *names: str, max_rss: int = 1 << 30) -> str:

@@ -39,7 +39,7 @@ def test_every_span_once_and_scratch_made_once_per_thread(workers):
         run_spans(1000, 64, CPU, body, dict)
     assert sorted(seen) == [(s, min(s + 64, 1000)) for s in range(0, 1000, 64)]
     assert len(owners) <= workers and len(set(owners.values())) == len(owners)
-    assert _chunks._workers == 1  # restored on leaving the block
+    assert _chunks.span_workers() == 1  # restored on leaving the block
 
 
 def test_an_error_in_a_span_reaches_the_caller_after_every_thread_stopped():
@@ -108,3 +108,28 @@ def test_task_arithmetic_family_same_bits_spread_over_threads(monkeypatch, metho
     if method == "task_arithmetic":
         expected = base.float() + sum(w * (x.float() - base.float()) for w, x in zip([0.7, 0.4], others))
         assert torch.allclose(spread.float(), expected, atol=3e-2, rtol=1e-2)
+
+
+def test_spreading_in_one_thread_leaves_other_threads_alone():
+    """A merge in a background thread (a webhook job) must not change how this thread's kernels split work."""
+    inside, release = threading.Event(), threading.Event()
+    seen = []
+
+    def background():
+        with spread_spans(4):
+            inside.set()
+            release.wait(timeout=30)
+            seen.append(_chunks.span_workers())
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    assert inside.wait(timeout=30)
+    try:
+        assert _chunks.span_workers() == 1
+        threads = set()
+        run_spans(1000, 10, CPU, lambda start, stop, scratch: threads.add(threading.get_ident()))
+        assert threads == {threading.get_ident()}
+    finally:
+        release.set()
+        thread.join()
+    assert seen == [4]

@@ -192,8 +192,8 @@ def test_moe_and_merge_commands_build_the_same_folder(models, tmp_path, capsys):
     card = (tmp_path / "a" / "README.md").read_text()
     assert "- moe" in card and "## Experts" in card and "“w30 w31 w32”" in card and "“w1 w2”; “w3”" in card
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "README.md", "config.json", "generation_config.json", "mergekit_moe_config.yml", "model.safetensors",
-        "tokenizer.json", "tokenizer_config.json"]
+        ".hubmerge-output", "README.md", "config.json", "generation_config.json", "mergekit_moe_config.yml",
+        "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     spec = models / "merge.yml"
     spec.write_text("merge_method: linear\nmodels:\n  - model: base\n    parameters: {weight: 1}\n")
     code, _, err = _cli(capsys, "moe", str(spec), "-o", str(tmp_path / "c"))

@@ -23,8 +23,16 @@ def spans(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 # How many threads ``run_spans`` may use: 1 unless the caller (the executor) spreads the work, see
-# ``spread_spans``. Module state rather than an argument so that the pure kernels keep their signatures.
-_workers = 1
+# ``spread_spans``. Thread state rather than an argument so that the pure kernels keep their signatures; per
+# thread so that a merge running in one thread (a webhook job, a test's background server) never changes how
+# another thread's kernels split their work.
+_local = threading.local()
+
+
+def span_workers() -> int:
+    """The ``spread_spans`` setting of the calling thread (1 outside any block)."""
+    return getattr(_local, "workers", 1)
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -36,12 +44,12 @@ def spread_spans(workers: int) -> Iterator[None]:
     The caller keeps torch's own threads at one meanwhile: torch splits every operation across its threads
     and waits for the slowest, so a core busy with reading or writing stalls each operation; threads that
     take whole spans as they go never wait for one another, a busy core just takes fewer spans."""
-    global _workers
-    saved, _workers = _workers, max(1, workers)
+    saved = span_workers()
+    _local.workers = max(1, workers)
     try:
         yield
     finally:
-        _workers = saved
+        _local.workers = saved
 
 
 def _helpers(count: int) -> ThreadPoolExecutor:
@@ -58,7 +66,7 @@ def run_spans(n: int, size: int, device: torch.device, body: Callable[[int, int,
     ``range(n)``. The spans must be independent (each writes only its own part of the output). ``buffers`` is
     what ``scratch()`` made for the calling thread (once per thread), reused from span to span."""
     todo = list(spans(n, chunk_length(n, size, device)))
-    workers = min(_workers, len(todo)) if device.type == "cpu" else 1
+    workers = min(span_workers(), len(todo)) if device.type == "cpu" else 1
     if workers <= 1:
         buffers = scratch() if todo else None
         for start, stop in todo:
