@@ -44,7 +44,9 @@ def test_choices_are_found_as_values_and_as_the_merge_method():
 
 
 @pytest.mark.parametrize("old, new, path, words", [
-    ("ties]}", "slerp]}", WA, "unknown parameter 'weight' for merge method 'slerp' (with merge_method slerp"),
+    # (another listed method's parameter only warns, as mergekit ignores it; a name no method takes is refused)
+    ("{weight: {choice: [0.5, 1.0]}}\n  - model: task_b", "{wieght: {choice: [0.5, 1.0]}}\n  - model: task_b",
+     "models[0].parameters.wieght", "unknown parameter 'wieght' for merge method 'task_arithmetic'"),
     ("ties]}", "tiess]}", METHOD, "unknown merge method 'tiess'"),
     ("[task_arithmetic, ties]", "[1, ties]", "merge_method.choice", "a merge method must be a name"),
     ("weight: {choice: [0.5, 1.0]}}\n  - model: task_b", "weight: {choice: [0.5, abc]}}\n  - model: task_b", WA,

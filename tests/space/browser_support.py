@@ -11,6 +11,7 @@ where the machine could.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +106,40 @@ def recipe_text(page) -> str:
     return page.locator("#recipe .cm-content").inner_text()
 
 
-def fill_form(page, form: MergeForm, *, paste_parents: bool = False) -> None:
+def hold_yaml_updates(page) -> Callable[[], None]:
+    """From now on, the browser's requests that bring the YAML up to date with the form are held back (as a slow
+    link would hold them) until the returned function is called. Makes "the form is ahead of the YAML" a state a
+    test can be in for sure, not a race it wins on a quiet machine and loses on a loaded one."""
+    fn_index = page.evaluate(
+        "() => window.gradio_config.dependencies.find(d => d.api_name === 'form_to_yaml').id")
+    held = []
+
+    def hold(route) -> None:
+        body = route.request.post_data_json if route.request.method == "POST" else None
+        if isinstance(body, dict) and body.get("fn_index") == fn_index:
+            held.append(route)
+        else:
+            route.fallback()
+
+    page.route(_JOIN, hold)
+
+    def release() -> None:
+        for route in held:  # before unroute, which would settle held routes itself
+            route.fallback()
+        held.clear()
+        page.unroute(_JOIN, hold)
+
+    return release
+
+
+_JOIN = "**/gradio_api/queue/join*"
+
+
+def fill_form(page, form: MergeForm, *, paste_parents: bool = False) -> Callable[[], None] | None:
     """Fill the form (not the YAML): the app writes the YAML from it.
 
-    ``paste_parents``: put the parents in last without key presses, as a paste with the mouse does; the
-    YAML then catches up only when the field loses focus, which the caller exercises."""
+    ``paste_parents``: put the parents in last with the YAML's update from that field held back (see
+    ``hold_yaml_updates``); returns the function that lets it through."""
     from playwright.sync_api import expect
 
     choose(page, "Merge method", form.method)
@@ -125,10 +155,12 @@ def fill_form(page, form: MergeForm, *, paste_parents: bool = False) -> None:
     expect(recipe).to_contain_text(f"merge_method: {form.method}")
     expect(recipe).to_contain_text(f"base_model: {form.base}")
     if paste_parents:
-        field(page, "models").fill("\n".join(form.parents))  # no key events: the YAML has not seen this yet
-    else:
-        for parent in form.parents:
-            expect(recipe).to_contain_text(parent)
+        release = hold_yaml_updates(page)
+        field(page, "models").fill("\n".join(form.parents))
+        return release
+    for parent in form.parents:
+        expect(recipe).to_contain_text(parent)
+    return None
 
 
 def merge_and_wait(page, *, timeout_ms: int = 45_000):

@@ -66,20 +66,21 @@ def test_browser_signs_in_fills_the_form_merges_and_pushes(space, hub, parents, 
         page = browsing.page
         try:
             sign_in(page, url, ALICE)
-            fill_form(page, form, paste_parents=True)
+            release_yaml = fill_form(page, form, paste_parents=True)
             # Only the chosen method's parameters are on screen.
             assert page.locator("#p-task_arithmetic-weight").is_visible()
             assert not page.locator("#p-ties-weight").is_visible() and not page.locator("#p-slerp-t").is_visible()
 
-            # The parents were pasted (no key presses), so the YAML, which is what gets merged, does not name
-            # them yet: Merge refuses instead of merging something the form does not show...
+            # The parents were pasted and the YAML's update is still on its way (held back), so the YAML, which
+            # is what gets merged, does not name them yet: Merge refuses instead of merging something the form
+            # does not show...
             assert parents["chat"] not in recipe_text(page)
-            # A synthetic click: a real one blurs the field first, and whether that blur's YAML update reaches
-            # the server before the click's Merge is a race the test must not depend on.
+            # A synthetic click: a real one blurs the field first, which sends another update (also held).
             page.locator("#merge-btn").dispatch_event("click")
             expect(page.get_by_text("the YAML has not caught up").first).to_be_visible()
             assert parents["chat"] not in recipe_text(page)
-            # ...while leaving the field brings the YAML up to date.
+            # ...while the update arriving, and leaving the field, bring the YAML up to date.
+            release_yaml()
             page.locator("h1").first.click()
             for parent in form.parents:
                 expect(page.locator("#recipe .cm-content")).to_contain_text(parent)
